@@ -1,0 +1,153 @@
+//! Guestinfo RPC over a byte stream (a serial port, vsock, TCP or a Unix socket): the same RPCI
+//! requests and replies as the backdoor carries, each in a frame of a 4-byte little-endian length
+//! and the raw bytes (the framing of govmomi's toolbox Unix channel). This is how the host serves
+//! guestinfo to a containerVM under QEMU/KVM and to the tether in process mode.
+
+use std::io::{self, Read, Write};
+
+use super::{rpc_get, rpc_set, serve_request, GuestInfo, GuestInfoError};
+
+/// The largest frame either side accepts.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// Writes one frame.
+pub fn write_frame(w: &mut impl Write, payload: &[u8]) -> io::Result<()> {
+    if payload.len() > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "a frame of {} bytes is over the {MAX_FRAME}-byte limit",
+                payload.len()
+            ),
+        ));
+    }
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let mut buf = Vec::with_capacity(4 + payload.len());
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(payload);
+    w.write_all(&buf)?;
+    w.flush()
+}
+
+/// Reads one frame; `Ok(None)` on a clean end of stream before a frame starts.
+pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
+    let mut len = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match r.read(&mut len[got..])? {
+            0 if got == 0 => return Ok(None),
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => got += n,
+        }
+    }
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("the peer announced a frame of {len} bytes, over the {MAX_FRAME}-byte limit"),
+        ));
+    }
+    let mut payload = vec![0u8; len];
+    r.read_exact(&mut payload)?;
+    Ok(Some(payload))
+}
+
+/// The guest side: a guestinfo transport over any byte stream.
+pub struct StreamGuestInfo<S> {
+    stream: S,
+}
+
+impl<S: Read + Write + Send> StreamGuestInfo<S> {
+    pub fn new(stream: S) -> Self {
+        Self { stream }
+    }
+
+    /// Sends one raw request and returns the raw reply.
+    pub fn call(&mut self, request: &[u8]) -> Result<Vec<u8>, GuestInfoError> {
+        write_frame(&mut self.stream, request)?;
+        read_frame(&mut self.stream)?.ok_or_else(|| {
+            GuestInfoError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the host closed the guestinfo channel",
+            ))
+        })
+    }
+}
+
+impl<S: Read + Write + Send> GuestInfo for StreamGuestInfo<S> {
+    fn get(&mut self, key: &str) -> Result<Option<String>, GuestInfoError> {
+        rpc_get(&mut |req| self.call(req), key)
+    }
+
+    fn set(&mut self, key: &str, value: &str) -> Result<(), GuestInfoError> {
+        rpc_set(&mut |req| self.call(req), key, value)
+    }
+}
+
+/// The host side: answers requests from `stream` out of `store` until the stream ends.
+pub fn serve(stream: &mut (impl Read + Write), store: &mut dyn GuestInfo) -> io::Result<()> {
+    while let Some(request) = read_frame(stream)? {
+        // The host re-reads its store for every request so that changes made beside it are seen.
+        let reply = match store.refresh() {
+            Ok(()) => serve_request(store, &request),
+            Err(e) => crate::rpc::Reply::Fail(e.to_string()),
+        };
+        write_frame(stream, &reply.to_bytes())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+
+    use super::*;
+    use crate::extraconfig::KeyValues;
+
+    #[test]
+    fn client_and_server_over_a_socket() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || {
+            let mut store: KeyValues = [("guestinfo.vice./common/id", "abc")].into_iter().collect();
+            serve(&mut b, &mut store).unwrap();
+            store
+        });
+        let mut gi = StreamGuestInfo::new(a);
+        assert_eq!(
+            gi.get("guestinfo.vice./common/id").unwrap().as_deref(),
+            Some("abc")
+        );
+        assert_eq!(gi.get("guestinfo.vice./nothing").unwrap(), None);
+        gi.set("guestinfo.vice..sessions|abc.started", "true")
+            .unwrap();
+        drop(gi);
+        let store = server.join().unwrap();
+        assert_eq!(
+            store.get("guestinfo.vice..sessions|abc.started"),
+            Some("true")
+        );
+    }
+
+    #[test]
+    fn oversized_frame_is_refused_without_allocating() {
+        let mut input: &[u8] = &[0xff, 0xff, 0xff, 0x7f];
+        let err = read_frame(&mut input).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn truncated_frame_is_an_error_and_empty_stream_is_the_end() {
+        let mut empty: &[u8] = &[];
+        assert!(read_frame(&mut empty).unwrap().is_none());
+        let mut short: &[u8] = &[5, 0, 0, 0, b'a'];
+        assert_eq!(
+            read_frame(&mut short).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        let mut half: &[u8] = &[5, 0];
+        assert_eq!(
+            read_frame(&mut half).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+    }
+}
