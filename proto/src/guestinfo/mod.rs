@@ -34,12 +34,12 @@ pub trait GuestInfo: Send {
     }
 }
 
+/// Sends raw RPCI request bytes and returns the raw reply bytes.
+pub type RawCall<'a> = dyn FnMut(&[u8]) -> Result<Vec<u8>, GuestInfoError> + 'a;
+
 /// Runs one request against a transport that speaks raw RPCI (`call` sends the bytes and returns
 /// the reply bytes), with VMX reply semantics.
-pub fn rpc_get(
-    call: &mut dyn FnMut(&[u8]) -> Result<Vec<u8>, GuestInfoError>,
-    key: &str,
-) -> Result<Option<String>, GuestInfoError> {
+pub fn rpc_get(call: &mut RawCall<'_>, key: &str) -> Result<Option<String>, GuestInfoError> {
     let request = Request::get(key);
     match Reply::parse(&call(&request.to_bytes()?)?)? {
         Reply::Ok(data) => Ok(Some(String::from_utf8_lossy(&data).into_owned())),
@@ -52,11 +52,7 @@ pub fn rpc_get(
 }
 
 /// The `info-set` counterpart of [`rpc_get`].
-pub fn rpc_set(
-    call: &mut dyn FnMut(&[u8]) -> Result<Vec<u8>, GuestInfoError>,
-    key: &str,
-    value: &str,
-) -> Result<(), GuestInfoError> {
+pub fn rpc_set(call: &mut RawCall<'_>, key: &str, value: &str) -> Result<(), GuestInfoError> {
     let request = Request::set(key, value);
     match Reply::parse(&call(&request.to_bytes()?)?)? {
         Reply::Ok(_) => Ok(()),

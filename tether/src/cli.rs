@@ -1,0 +1,37 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tether",
+    version,
+    about = "The in-guest agent of a containerVM"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Convert between guestinfo key/value lines and the config as JSON.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Read `.vmx`-style `key = "value"` lines and print the executor config as JSON.
+    Decode {
+        /// The file to read; standard input when absent.
+        file: Option<PathBuf>,
+    },
+    /// Read the config as JSON and print the key/value lines VIC's VCH would write, sorted by key.
+    Encode {
+        /// The file to read; standard input when absent.
+        file: Option<PathBuf>,
+    },
+}

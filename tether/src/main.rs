@@ -1,0 +1,41 @@
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use tether::cli::{Cli, Command, ConfigCommand};
+use tether::config_cmd;
+
+/// Bad input: a malformed line, value or JSON.
+const EXIT_BAD_INPUT: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config(cmd) => run_config(cmd),
+    }
+}
+
+fn run_config(cmd: ConfigCommand) -> ExitCode {
+    let output = match cmd {
+        ConfigCommand::Decode { file } => {
+            config_cmd::decode(file.as_deref()).map(|(json, warnings)| {
+                for w in warnings {
+                    eprintln!("tether: warning: {w}");
+                }
+                json
+            })
+        }
+        ConfigCommand::Encode { file } => config_cmd::encode(file.as_deref()),
+    };
+    match output {
+        Ok(text) => {
+            // A closed stdout (`| head`) is not an error worth a message.
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tether: {e}");
+            ExitCode::from(EXIT_BAD_INPUT)
+        }
+    }
+}
