@@ -1,0 +1,3 @@
+//! `vch`: plays the VCH's part for containerVMs under QEMU/KVM and for the tether in process mode.
+
+pub mod guestinfo_server;
