@@ -4,4 +4,6 @@
 pub mod config;
 pub mod extraconfig;
 pub mod guestinfo;
+pub mod iolog;
 pub mod rpc;
+pub mod signal;

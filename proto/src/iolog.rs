@@ -1,0 +1,214 @@
+//! The `output.log` format (VIC `lib/iolog`): the session's output split into entries at each
+//! newline (kept) and at 4095 bytes; each entry is 16 base64 characters of a 10-byte header and then
+//! the raw bytes. Header: bytes 0–7 the time in Unix nanoseconds (little-endian), bytes 8–9 a
+//! little-endian u16 = `size << 4 | stream << 3 | flags`.
+//!
+//! VIC wrote stream 0 for everything; we write 1 for stderr. Of the three reserved flag bits we use
+//! bit 0 for output of an exec session, which `docker logs` does not show; a reader that ignores
+//! the bit (VIC's) shows it with the container's output.
+
+use base64::Engine as _;
+
+/// The largest payload of one entry.
+pub const MAX_ENTRY: usize = 4095;
+const HEADER: usize = 10;
+const HEADER_B64: usize = 16;
+const FLAG_EXEC: u16 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// One decoded entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub time_nanos: u64,
+    pub stream: Stream,
+    pub exec: bool,
+    pub data: Vec<u8>,
+}
+
+/// Encodes one entry (`data` at most [`MAX_ENTRY`] bytes).
+pub fn encode_entry(out: &mut Vec<u8>, time_nanos: u64, stream: Stream, exec: bool, data: &[u8]) {
+    debug_assert!(data.len() <= MAX_ENTRY);
+    let size = data.len().min(MAX_ENTRY) as u16;
+    let mut word = size << 4;
+    if stream == Stream::Stderr {
+        word |= 1 << 3;
+    }
+    if exec {
+        word |= FLAG_EXEC;
+    }
+    let mut header = [0u8; HEADER];
+    header[..8].copy_from_slice(&time_nanos.to_le_bytes());
+    header[8..].copy_from_slice(&word.to_le_bytes());
+    let mut b64 = [0u8; HEADER_B64];
+    let n = base64::engine::general_purpose::STANDARD
+        .encode_slice(header, &mut b64)
+        .unwrap_or(0);
+    out.extend_from_slice(&b64[..n]);
+    out.extend_from_slice(&data[..size as usize]);
+}
+
+/// Splits one stream's output into entries: at newlines, at [`MAX_ENTRY`] bytes, and whatever is
+/// pending when [`LineFramer::flush`] is called.
+#[derive(Debug, Default)]
+pub struct LineFramer {
+    pending: Vec<u8>,
+}
+
+impl LineFramer {
+    /// Appends `data` and returns the complete entries it finishes.
+    pub fn push(&mut self, mut data: &[u8]) -> Vec<Vec<u8>> {
+        let mut done = Vec::new();
+        while !data.is_empty() {
+            let room = MAX_ENTRY - self.pending.len();
+            let upto = data
+                .iter()
+                .take(room)
+                .position(|&b| b == b'\n')
+                .map(|i| i + 1);
+            let take = upto.unwrap_or(room.min(data.len()));
+            self.pending.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if upto.is_some() || self.pending.len() == MAX_ENTRY {
+                done.push(std::mem::take(&mut self.pending));
+            }
+        }
+        done
+    }
+
+    /// Whatever is pending (a line without its newline yet), as one last entry.
+    pub fn flush(&mut self) -> Option<Vec<u8>> {
+        (!self.pending.is_empty()).then(|| std::mem::take(&mut self.pending))
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+}
+
+/// Decodes a whole log. Bytes that do not start a valid header are skipped one at a time, as VIC's
+/// reader resynchronises; a last entry cut short keeps the bytes that are there.
+pub fn decode(mut bytes: &[u8]) -> Vec<Entry> {
+    let mut out = Vec::new();
+    while bytes.len() >= HEADER_B64 {
+        let Some((time_nanos, word)) = header(&bytes[..HEADER_B64]) else {
+            bytes = &bytes[1..];
+            continue;
+        };
+        let size = usize::from(word >> 4);
+        let body = &bytes[HEADER_B64..];
+        let take = size.min(body.len());
+        out.push(Entry {
+            time_nanos,
+            stream: if word & (1 << 3) != 0 {
+                Stream::Stderr
+            } else {
+                Stream::Stdout
+            },
+            exec: word & FLAG_EXEC != 0,
+            data: body[..take].to_vec(),
+        });
+        bytes = &body[take..];
+    }
+    out
+}
+
+fn header(b64: &[u8]) -> Option<(u64, u16)> {
+    let mut raw = [0u8; 12];
+    let n = base64::engine::general_purpose::STANDARD
+        .decode_slice(b64, &mut raw)
+        .ok()?;
+    if n != HEADER {
+        return None;
+    }
+    let time = u64::from_le_bytes(raw[..8].try_into().ok()?);
+    let word = u16::from_le_bytes([raw[8], raw[9]]);
+    Some((time, word))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_entry_from_vic() {
+        let mut out = Vec::new();
+        encode_entry(
+            &mut out,
+            1_600_000_000_000_000_000,
+            Stream::Stdout,
+            false,
+            b"hello\n",
+        );
+        assert_eq!(out, b"AACg2IVXNBZgAA==hello\n");
+    }
+
+    #[test]
+    fn stderr_and_exec_bits() {
+        let mut out = Vec::new();
+        encode_entry(&mut out, 5, Stream::Stderr, true, b"x");
+        let e = decode(&out);
+        assert_eq!(
+            e,
+            [Entry {
+                time_nanos: 5,
+                stream: Stream::Stderr,
+                exec: true,
+                data: b"x".to_vec()
+            }]
+        );
+    }
+
+    #[test]
+    fn framer_splits_at_newlines_and_size() {
+        let mut f = LineFramer::default();
+        assert_eq!(f.push(b"ab\ncd"), [b"ab\n".to_vec()]);
+        assert!(f.has_pending());
+        assert_eq!(f.push(b"e\n\n"), [b"cde\n".to_vec(), b"\n".to_vec()]);
+        let big = vec![b'x'; MAX_ENTRY * 2 + 10];
+        let done = f.push(&big);
+        assert_eq!(done.len(), 2);
+        assert!(done.iter().all(|d| d.len() == MAX_ENTRY));
+        assert_eq!(f.flush().unwrap().len(), 10);
+        assert_eq!(f.flush(), None);
+    }
+
+    #[test]
+    fn reader_skips_garbage_and_keeps_a_truncated_tail() {
+        let mut log = b"junk!".to_vec();
+        encode_entry(&mut log, 1, Stream::Stdout, false, b"one\n");
+        encode_entry(&mut log, 2, Stream::Stdout, false, b"two\n");
+        log.truncate(log.len() - 2);
+        let e = decode(&log);
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0].data, b"one\n");
+        assert_eq!(e[1].data, b"tw");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn round_trip(chunks in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..9000), 0..5)) {
+            let mut f = LineFramer::default();
+            let mut log = Vec::new();
+            for c in &chunks {
+                for e in f.push(c) {
+                    encode_entry(&mut log, 7, Stream::Stdout, false, &e);
+                }
+            }
+            if let Some(e) = f.flush() {
+                encode_entry(&mut log, 7, Stream::Stdout, false, &e);
+            }
+            let back: Vec<u8> = decode(&log).into_iter().flat_map(|e| e.data).collect();
+            proptest::prop_assert_eq!(back, chunks.concat());
+        }
+
+        #[test]
+        fn reader_is_total(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = decode(&bytes);
+        }
+    }
+}
