@@ -20,6 +20,9 @@ pub enum Command {
     /// Convert between guestinfo key/value lines and the config as JSON.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Run as an ordinary process (or PID 1 of a PID namespace): sessions from guestinfo,
+    /// orphans adopted as a subreaper, exit status 0 at the end instead of a power-off.
+    Run(crate::run::RunOptions),
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,6 +1,16 @@
 //! The tether: the in-guest agent of a containerVM. `main.rs` only parses the command line and
 //! calls in here.
 
+pub mod agent;
 pub mod backdoor;
 pub mod cli;
 pub mod config_cmd;
+pub mod gi;
+pub mod launch;
+pub mod logging;
+pub mod outlog;
+pub mod reaper;
+pub mod run;
+pub mod session;
+pub mod sys;
+pub mod users;

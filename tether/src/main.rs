@@ -12,6 +12,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Config(cmd) => run_config(cmd),
+        Command::Run(opts) => match tether::run::run(opts) {
+            Ok(code) => ExitCode::from(code as u8),
+            Err(e) => {
+                eprintln!("tether: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -1,0 +1,211 @@
+//! The tether's main loop: read the config, start sessions and execs, re-read on reload, and when
+//! the primary session ends (or the tether is told to stop) stop everything in order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tether_proto::config::{ExecutorConfig, SessionConfig, SessionKind};
+use tokio::sync::mpsc;
+
+use crate::gi;
+use crate::session::{Ctx, Session};
+
+/// What can happen to the tether from outside.
+#[derive(Debug)]
+pub enum Event {
+    /// Re-read the config (SIGHUP, or a `reload` request from an attach client).
+    Reload,
+    /// Stop everything and end (SIGTERM, SIGINT, SIGUSR1, SIGUSR2, SIGPWR).
+    Stop(String),
+}
+
+/// How long the last SIGKILL to the process groups may take to be collected.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+pub struct Agent {
+    ctx: Arc<Ctx>,
+    cfg: ExecutorConfig,
+    sessions: HashMap<String, Arc<Session>>,
+    /// Sessions whose task has not finished.
+    live: HashMap<String, ()>,
+    events: mpsc::UnboundedReceiver<Event>,
+    finished: mpsc::UnboundedReceiver<String>,
+    loaded_once: bool,
+    on_debug_level: Box<dyn Fn(i32) + Send>,
+}
+
+/// Why the agent ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ending {
+    PrimaryExited,
+    Stopped(String),
+}
+
+impl Agent {
+    pub fn new(
+        ctx: Arc<Ctx>,
+        events: mpsc::UnboundedReceiver<Event>,
+        finished: mpsc::UnboundedReceiver<String>,
+        on_debug_level: Box<dyn Fn(i32) + Send>,
+    ) -> Self {
+        Self {
+            ctx,
+            cfg: ExecutorConfig::default(),
+            sessions: HashMap::new(),
+            live: HashMap::new(),
+            events,
+            finished,
+            loaded_once: false,
+            on_debug_level,
+        }
+    }
+
+    /// The session the container's life follows: the one with the container's ID, or the only
+    /// persistent session when the ID names none.
+    fn primary_id(&self) -> Option<String> {
+        let id = &self.cfg.common.id;
+        if self.cfg.sessions.contains_key(id) {
+            return Some(id.clone());
+        }
+        (self.cfg.sessions.len() == 1)
+            .then(|| self.cfg.sessions.keys().next().cloned())
+            .flatten()
+    }
+
+    pub fn sessions(&self) -> &HashMap<String, Arc<Session>> {
+        &self.sessions
+    }
+
+    /// Runs until the primary session ends or a stop is asked for. A config that cannot be read
+    /// at the start is returned as an error (the caller reports it and stops).
+    pub async fn run(mut self) -> Result<Ending, String> {
+        self.reload().await?;
+        let ending = loop {
+            tokio::select! {
+                ev = self.events.recv() => match ev {
+                    Some(Event::Reload) => {
+                        if let Err(e) = self.reload().await {
+                            tracing::error!("reload: {e}");
+                        }
+                    }
+                    Some(Event::Stop(why)) => break Ending::Stopped(why),
+                    None => break Ending::Stopped("no more events".into()),
+                },
+                Some(id) = self.finished.recv() => {
+                    self.live.remove(&id);
+                    if self.primary_id().as_deref() == Some(id.as_str()) {
+                        break Ending::PrimaryExited;
+                    }
+                }
+            }
+        };
+        tracing::info!("stopping: {ending:?}");
+        self.shutdown().await;
+        Ok(ending)
+    }
+
+    /// Reads the config (merging) and brings the sessions in line with it.
+    async fn reload(&mut self) -> Result<(), String> {
+        let (cfg, warnings) = self.ctx.gi.decode(std::mem::take(&mut self.cfg)).await?;
+        self.cfg = cfg;
+        for w in warnings {
+            tracing::warn!("config: {w}");
+        }
+        (self.on_debug_level)(self.cfg.debug_level);
+        let first = !self.loaded_once;
+        self.loaded_once = true;
+        let primary = self.primary_id();
+        let wanted: Vec<(String, SessionKind, SessionConfig)> = self
+            .cfg
+            .sessions
+            .iter()
+            .map(|(id, s)| (id.clone(), SessionKind::Session, s.clone()))
+            .chain(
+                self.cfg
+                    .execs
+                    .iter()
+                    .map(|(id, s)| (id.clone(), SessionKind::Exec, s.clone())),
+            )
+            .collect();
+        let mut initial = Vec::new();
+        let mut to_start = Vec::new();
+        for (id, kind, scfg) in wanted {
+            match self.sessions.get(&id) {
+                Some(s) => {
+                    let active = scfg.active;
+                    s.update_config(scfg);
+                    if !active && self.live.contains_key(&id) && !s.stopping() {
+                        tracing::info!(session = %id, "deactivated; stopping it");
+                        s.request_stop();
+                    }
+                }
+                None => {
+                    if first || kind == SessionKind::Exec {
+                        initial.extend(gi::initial_state(kind, &id, scfg.run_block));
+                    }
+                    let active = scfg.active;
+                    let s = Session::new(&id, kind, scfg);
+                    self.sessions.insert(id.clone(), s.clone());
+                    if active {
+                        to_start.push(s);
+                    }
+                }
+            }
+        }
+        if !initial.is_empty() {
+            self.ctx.publish("the initial session state", initial).await;
+        }
+        for s in to_start {
+            let is_primary = primary.as_deref() == Some(&*s.id);
+            self.live.insert(s.id.to_string(), ());
+            tokio::spawn(s.clone().run(self.ctx.clone(), is_primary));
+        }
+        Ok(())
+    }
+
+    /// Stops every session: the stop signal, then SIGKILL to the process groups after the stop
+    /// timeout; then flushes the output log.
+    async fn shutdown(&mut self) {
+        for (id, s) in &self.sessions {
+            if self.live.contains_key(id) {
+                s.request_stop();
+            }
+        }
+        if !self.wait_for_sessions(self.ctx.settings.stop_timeout).await {
+            for (id, s) in &self.sessions {
+                if self.live.contains_key(id) {
+                    tracing::warn!(session = %id, "still running after the stop timeout; killing its process group");
+                    if let Err(e) = s.signal_group(libc::SIGKILL) {
+                        tracing::warn!(session = %id, "SIGKILL: {e}");
+                    }
+                }
+            }
+            if !self.wait_for_sessions(KILL_GRACE).await {
+                tracing::error!(
+                    "sessions still running after SIGKILL: {:?}",
+                    self.live.keys().collect::<Vec<_>>()
+                );
+            }
+        }
+        self.ctx.log.flush(None).await;
+        tracing::info!(
+            orphans = self.ctx.reaper.orphans_reaped(),
+            "all sessions stopped"
+        );
+    }
+
+    /// Waits until no session task is left, at most `limit`. True when none is.
+    async fn wait_for_sessions(&mut self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.live.is_empty() {
+            match tokio::time::timeout_at(deadline, self.finished.recv()).await {
+                Ok(Some(id)) => {
+                    self.live.remove(&id);
+                }
+                Ok(None) | Err(_) => return self.live.is_empty(),
+            }
+        }
+        true
+    }
+}

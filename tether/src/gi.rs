@@ -1,0 +1,179 @@
+//! The guestinfo transport on a thread of its own (its calls block: port I/O, a serial line, a
+//! file), reached from async code; and the read-write state keys the tether owns, written in an
+//! order that a VCH reading half-written state interprets correctly.
+
+use std::sync::mpsc;
+
+use tether_proto::config::{ExecutorConfig, SessionKind};
+use tether_proto::extraconfig::{self, Path};
+use tether_proto::guestinfo::{AsSource, GuestInfo};
+use tokio::sync::oneshot;
+
+type Decoded = Result<(ExecutorConfig, Vec<String>), String>;
+
+enum Request {
+    Decode(Box<ExecutorConfig>, oneshot::Sender<Decoded>),
+    Write(Vec<(String, String)>, oneshot::Sender<Result<(), String>>),
+}
+
+/// A handle on the guestinfo thread.
+#[derive(Clone)]
+pub struct Guestinfo {
+    tx: mpsc::Sender<Request>,
+}
+
+impl Guestinfo {
+    /// Moves `gi` to a new thread that serves requests until every handle is dropped.
+    pub fn start(mut gi: Box<dyn GuestInfo>) -> Self {
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("guestinfo".into())
+            .spawn(move || {
+                for req in rx {
+                    match req {
+                        Request::Decode(mut cfg, reply) => {
+                            let result = gi
+                                .refresh()
+                                .map_err(|e| e.to_string())
+                                .and_then(|()| {
+                                    cfg.decode_from(&mut AsSource(gi.as_mut()))
+                                        .map_err(|e| e.to_string())
+                                })
+                                .map(|warnings| (*cfg, warnings));
+                            let _ = reply.send(result);
+                        }
+                        Request::Write(pairs, reply) => {
+                            let result = pairs.iter().try_for_each(|(k, v)| {
+                                if extraconfig::is_read_only_key(k) {
+                                    return Ok(());
+                                }
+                                let v = if v.is_empty() {
+                                    extraconfig::NIL
+                                } else {
+                                    v.as_str()
+                                };
+                                gi.set(k, v).map_err(|e| e.to_string())
+                            });
+                            let _ = reply.send(result);
+                        }
+                    }
+                }
+            })
+            .expect("spawning the guestinfo thread");
+        Self { tx }
+    }
+
+    /// Decodes the config from guestinfo, merging into `cfg`.
+    pub async fn decode(&self, cfg: ExecutorConfig) -> Decoded {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Decode(Box::new(cfg), tx))
+            .map_err(|_| "the guestinfo thread is gone".to_string())?;
+        rx.await
+            .map_err(|_| "the guestinfo thread is gone".to_string())?
+    }
+
+    /// Writes `pairs` in order (keys the host owns are dropped, empty values go as `<nil>`).
+    pub async fn write(&self, pairs: Vec<(String, String)>) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Write(pairs, tx))
+            .map_err(|_| "the guestinfo thread is gone".to_string())?;
+        rx.await
+            .map_err(|_| "the guestinfo thread is gone".to_string())?
+    }
+}
+
+/// The key of a read-write state field of a session, e.g. `["detail", "starttime"]`.
+pub fn state_key(kind: SessionKind, id: &str, field: &[&'static str]) -> String {
+    let mut path: Path = kind.path(id).rw();
+    for f in field {
+        path = path.field(f);
+    }
+    path.key()
+}
+
+/// Seconds since the epoch, as VIC's start and stop times are.
+pub fn now_secs() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// State written for a session before it is launched (once per boot, and before a restart).
+pub fn initial_state(kind: SessionKind, id: &str, run_block: bool) -> Vec<(String, String)> {
+    vec![
+        (state_key(kind, id, &["runblock"]), run_block.to_string()),
+        (state_key(kind, id, &["detail", "stoptime"]), "0".into()),
+        (state_key(kind, id, &["started"]), String::new()),
+    ]
+}
+
+/// A successful launch: the start time before `started`, so that a reader who sees `started` also
+/// sees a start time later than the stop time (running), never a stale one.
+pub fn launched_state(kind: SessionKind, id: &str, start: i64) -> Vec<(String, String)> {
+    vec![
+        (state_key(kind, id, &["runblock"]), "false".into()),
+        (
+            state_key(kind, id, &["detail", "starttime"]),
+            start.to_string(),
+        ),
+        (state_key(kind, id, &["started"]), "true".into()),
+    ]
+}
+
+/// A failed launch: the status first, then `started` with the reason.
+pub fn failed_state(
+    kind: SessionKind,
+    id: &str,
+    status: i32,
+    reason: &str,
+) -> Vec<(String, String)> {
+    vec![
+        (state_key(kind, id, &["runblock"]), "false".into()),
+        (state_key(kind, id, &["status"]), status.to_string()),
+        (state_key(kind, id, &["started"]), reason.to_string()),
+    ]
+}
+
+/// An exit: the status before the stop time, so that a reader who sees the session stopped
+/// (stop time at or after start time) already sees its status.
+pub fn exited_state(kind: SessionKind, id: &str, status: i32, stop: i64) -> Vec<(String, String)> {
+    vec![
+        (state_key(kind, id, &["status"]), status.to_string()),
+        (
+            state_key(kind, id, &["detail", "stoptime"]),
+            stop.to_string(),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_keys_have_vics_spelling() {
+        assert_eq!(
+            state_key(SessionKind::Session, "a", &["started"]),
+            "guestinfo.vice..sessions|a.started"
+        );
+        assert_eq!(
+            state_key(SessionKind::Exec, "e", &["detail", "stoptime"]),
+            "guestinfo.vice..execs|e.detail.stoptime@non-persistent"
+        );
+    }
+
+    #[test]
+    fn write_orders_let_a_torn_read_conclude_correctly() {
+        let launched = launched_state(SessionKind::Session, "a", 10);
+        let pos = |v: &[(String, String)], k: &str| {
+            v.iter().position(|(key, _)| key.ends_with(k)).unwrap()
+        };
+        assert!(pos(&launched, ".starttime") < pos(&launched, ".started"));
+        let exited = exited_state(SessionKind::Session, "a", 3, 11);
+        assert!(pos(&exited, ".status") < pos(&exited, ".stoptime"));
+        let failed = failed_state(SessionKind::Session, "a", 127, "x");
+        assert!(pos(&failed, ".status") < pos(&failed, ".started"));
+    }
+}

@@ -1,0 +1,180 @@
+//! The output log (COM3, `/dev/ttyS2`, or a file in process mode): every session's output, framed
+//! as VIC's `output.log`, written on a thread of its own so that a slow device never stalls the
+//! runtime. The queue is bounded: when the device cannot keep up the output pumps wait, which
+//! throttles the process through its pipe, but nothing is dropped.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tether_proto::iolog::{encode_entry, LineFramer, Stream};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a line without its newline waits before it is written as an entry of its own.
+pub const PARTIAL_LINE_DELAY: Duration = Duration::from_millis(500);
+/// Chunks queued for the log thread (each at most one read, 16 KiB).
+const QUEUE: usize = 256;
+
+enum Msg {
+    Data {
+        session: Arc<str>,
+        exec: bool,
+        stream: Stream,
+        time_nanos: u64,
+        data: Vec<u8>,
+    },
+    /// Write what is pending for `session` (all sessions when `None`) and flush the device.
+    Flush {
+        session: Option<Arc<str>>,
+        done: oneshot::Sender<()>,
+    },
+    Tick,
+}
+
+#[derive(Clone)]
+pub struct OutputLog {
+    tx: Option<mpsc::Sender<Msg>>,
+}
+
+struct Pending {
+    framer: LineFramer,
+    exec: bool,
+    since: Instant,
+}
+
+pub fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl OutputLog {
+    /// No output log.
+    pub fn disabled() -> Self {
+        Self { tx: None }
+    }
+
+    /// Writes to `sink` from a new thread. Call inside the runtime (a ticker task is started).
+    pub fn start(mut sink: Box<dyn Write + Send>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
+        std::thread::Builder::new()
+            .name("output-log".into())
+            .spawn(move || {
+                let mut pending: HashMap<(Arc<str>, Stream), Pending> = HashMap::new();
+                let mut buf = Vec::with_capacity(32 * 1024);
+                while let Some(msg) = rx.blocking_recv() {
+                    match msg {
+                        Msg::Data {
+                            session,
+                            exec,
+                            stream,
+                            time_nanos,
+                            data,
+                        } => {
+                            let p = pending.entry((session, stream)).or_insert_with(|| Pending {
+                                framer: LineFramer::default(),
+                                exec,
+                                since: Instant::now(),
+                            });
+                            if !p.framer.has_pending() {
+                                p.since = Instant::now();
+                            }
+                            for entry in p.framer.push(&data) {
+                                encode_entry(&mut buf, time_nanos, stream, exec, &entry);
+                            }
+                        }
+                        Msg::Flush { session, done } => {
+                            for ((s, stream), p) in pending.iter_mut() {
+                                if session.as_ref().is_none_or(|want| want == s) {
+                                    if let Some(entry) = p.framer.flush() {
+                                        encode_entry(
+                                            &mut buf,
+                                            now_nanos(),
+                                            *stream,
+                                            p.exec,
+                                            &entry,
+                                        );
+                                    }
+                                }
+                            }
+                            if let Some(want) = &session {
+                                pending.retain(|(s, _), _| s != want);
+                            }
+                            write_out(&mut sink, &mut buf);
+                            let _ = sink.flush();
+                            let _ = done.send(());
+                            continue;
+                        }
+                        Msg::Tick => {
+                            for ((_, stream), p) in pending.iter_mut() {
+                                if p.framer.has_pending() && p.since.elapsed() >= PARTIAL_LINE_DELAY
+                                {
+                                    if let Some(entry) = p.framer.flush() {
+                                        encode_entry(
+                                            &mut buf,
+                                            now_nanos(),
+                                            *stream,
+                                            p.exec,
+                                            &entry,
+                                        );
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    write_out(&mut sink, &mut buf);
+                }
+                let _ = sink.flush();
+            })
+            .expect("spawning the output-log thread");
+        let ticker = tx.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(PARTIAL_LINE_DELAY / 2);
+            loop {
+                every.tick().await;
+                if ticker.send(Msg::Tick).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Self { tx: Some(tx) }
+    }
+
+    /// Queues output of `session`; waits while the queue is full.
+    pub async fn write(&self, session: &Arc<str>, exec: bool, stream: Stream, data: Vec<u8>) {
+        if let Some(tx) = &self.tx {
+            let msg = Msg::Data {
+                session: session.clone(),
+                exec,
+                stream,
+                time_nanos: now_nanos(),
+                data,
+            };
+            let _ = tx.send(msg).await;
+        }
+    }
+
+    /// Returns once everything queued so far for `session` (or for all) is on the device.
+    pub async fn flush(&self, session: Option<&Arc<str>>) {
+        if let Some(tx) = &self.tx {
+            let (done, wait) = oneshot::channel();
+            let msg = Msg::Flush {
+                session: session.cloned(),
+                done,
+            };
+            if tx.send(msg).await.is_ok() {
+                let _ = wait.await;
+            }
+        }
+    }
+}
+
+fn write_out(sink: &mut Box<dyn Write + Send>, buf: &mut Vec<u8>) {
+    if !buf.is_empty() {
+        if let Err(e) = sink.write_all(buf) {
+            tracing::warn!("output log: {e}");
+        }
+        buf.clear();
+    }
+}

@@ -1,0 +1,180 @@
+//! `tether run`: the tether as an ordinary process (or as PID 1 of a PID namespace) for
+//! development and tests. Everything is as in the VM except that it adopts orphans as a
+//! subreaper and exits with status 0 at the end instead of powering off.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tether_proto::guestinfo::stream::StreamGuestInfo;
+use tether_proto::guestinfo::vmx::VmxFile;
+use tether_proto::guestinfo::GuestInfo;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::agent::{Agent, Ending, Event};
+use crate::backdoor::Backdoor;
+use crate::gi::Guestinfo;
+use crate::logging;
+use crate::outlog::OutputLog;
+use crate::reaper::Reaper;
+use crate::session::{Ctx, Settings};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunOptions {
+    /// Where the config comes from: a `.vmx`-style FILE, `unix:PATH` or `tcp:HOST:PORT` (framed
+    /// RPC, e.g. `vch guestinfo serve`), or `backdoor` (`backdoor!` skips the VMware CPU check).
+    #[arg(long)]
+    pub guestinfo: String,
+    /// The attach transport (the attach server arrives with issue 5; accepted and reported now).
+    #[arg(long)]
+    pub attach: Option<String>,
+    /// Where session output goes, in VIC's output.log format.
+    #[arg(long)]
+    pub output_log: Option<PathBuf>,
+    /// Where the tether's own diagnostics go (stderr when absent).
+    #[arg(long)]
+    pub debug_log: Option<PathBuf>,
+    /// Seconds between a session's stop signal and SIGKILL to its process group.
+    #[arg(long, default_value_t = 10.0)]
+    pub stop_timeout: f64,
+    /// Seconds a session's output may keep draining after it exits.
+    #[arg(long, default_value_t = 2.0)]
+    pub drain_timeout: f64,
+    /// Seconds a RunBlock session waits for `unblock` before it starts anyway.
+    #[arg(long, default_value_t = 60.0)]
+    pub runblock_timeout: f64,
+}
+
+/// Opens the guestinfo transport. Runs before any other thread exists (the backdoor's I/O
+/// permission is inherited only by threads created afterwards).
+pub fn open_guestinfo(spec: &str) -> anyhow::Result<Box<dyn GuestInfo>> {
+    Ok(match spec.split_once(':') {
+        _ if spec == "backdoor" || spec == "backdoor!" => {
+            Box::new(Backdoor::open(spec.ends_with('!'))?)
+        }
+        Some(("unix", path)) => Box::new(StreamGuestInfo::new(
+            UnixStream::connect(path).with_context(|| format!("connecting to {path}"))?,
+        )),
+        Some(("tcp", addr)) => Box::new(StreamGuestInfo::new(
+            std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?,
+        )),
+        Some(("file", path)) => Box::new(VmxFile::open(path)?),
+        Some((scheme, _)) if !spec.starts_with('/') && !spec.starts_with('.') => {
+            bail!("{spec:?}: unknown guestinfo source {scheme:?} (a file, unix:, tcp:, backdoor)")
+        }
+        _ => Box::new(VmxFile::open(spec)?),
+    })
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
+}
+
+/// Runs the tether in process mode. Returns the process exit status.
+pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
+    let gi = open_guestinfo(&opts.guestinfo)?;
+    let debug_out: Box<dyn Write + Send> = match &opts.debug_log {
+        Some(p) => Box::new(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening {}", p.display()))?,
+        ),
+        None => Box::new(std::io::stderr()),
+    };
+    let level = logging::init(debug_out);
+    let output = match &opts.output_log {
+        Some(p) => Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .with_context(|| format!("opening {}", p.display()))?,
+        ),
+        None => None,
+    };
+    if let Err(e) = crate::sys::become_subreaper() {
+        tracing::warn!("cannot become a subreaper ({e}); orphans go to the real init");
+    }
+    if let Some(a) = &opts.attach {
+        tracing::warn!(
+            "attach transport {a}: the attach server is not built yet; running without it"
+        );
+    }
+    let settings = Settings {
+        drain_timeout: secs(opts.drain_timeout),
+        runblock_timeout: secs(opts.runblock_timeout),
+        stop_timeout: secs(opts.stop_timeout),
+        ..Settings::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    let ending = runtime.block_on(async move {
+        let reaper = Reaper::new();
+        reaper.clone().start();
+        let log = match output {
+            Some(f) => OutputLog::start(Box::new(f)),
+            None => OutputLog::disabled(),
+        };
+        let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let ctx = Arc::new(Ctx {
+            reaper,
+            gi: Guestinfo::start(gi),
+            log,
+            settings,
+            finished: finished_tx,
+        });
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        watch_signals(events_tx)?;
+        let on_level = Box::new(move |debug: i32| {
+            let _ = level.modify(|f| *f = logging::level_for(debug));
+        });
+        Agent::new(ctx, events_rx, finished_rx, on_level)
+            .run()
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the config: {e}"))
+    })?;
+    tracing::info!("tether done: {ending:?}");
+    Ok(match ending {
+        Ending::PrimaryExited | Ending::Stopped(_) => 0,
+    })
+}
+
+/// SIGHUP reloads; SIGTERM, SIGINT, SIGUSR1, SIGUSR2 and SIGPWR stop.
+pub fn watch_signals(events: mpsc::UnboundedSender<Event>) -> anyhow::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    let reload = events.clone();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if reload.send(Event::Reload).is_err() {
+                return;
+            }
+        }
+    });
+    for (kind, name) in [
+        (SignalKind::terminate(), "SIGTERM"),
+        (SignalKind::interrupt(), "SIGINT"),
+        (SignalKind::user_defined1(), "SIGUSR1"),
+        (SignalKind::user_defined2(), "SIGUSR2"),
+        (SignalKind::from_raw(libc::SIGPWR), "SIGPWR"),
+    ] {
+        let mut s = signal(kind)?;
+        let tx = events.clone();
+        tokio::spawn(async move {
+            while s.recv().await.is_some() {
+                if tx.send(Event::Stop(format!("{name} received"))).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+    Ok(())
+}

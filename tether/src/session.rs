@@ -1,0 +1,402 @@
+//! One session (the container's process or an exec): launch with pipes or a pty, pump its output,
+//! collect its exit, and publish every step to guestinfo in a safe order.
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tether_proto::config::{SessionConfig, SessionKind};
+use tether_proto::iolog::Stream;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+
+use crate::gi::{self, Guestinfo};
+use crate::launch::{self, LaunchError};
+use crate::outlog::OutputLog;
+use crate::reaper::{Exit, Reaper};
+use crate::sys::{self, spawn};
+
+/// Tunables, from the command line.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How long after a process exits its output may still drain (descendants holding the pipes).
+    pub drain_timeout: Duration,
+    /// How long a RunBlock session waits for an attach client's `unblock`.
+    pub runblock_timeout: Duration,
+    /// Between the stop signal and SIGKILL to the process group.
+    pub stop_timeout: Duration,
+    /// The container's root, for `/etc/passwd` and `/etc/group`.
+    pub root: PathBuf,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            drain_timeout: Duration::from_secs(2),
+            runblock_timeout: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(10),
+            root: PathBuf::from("/"),
+        }
+    }
+}
+
+/// What every session shares.
+pub struct Ctx {
+    pub reaper: Reaper,
+    pub gi: Guestinfo,
+    pub log: OutputLog,
+    pub settings: Settings,
+    /// Told the id of every session whose task has finished.
+    pub finished: mpsc::UnboundedSender<String>,
+}
+
+impl Ctx {
+    /// Writes state; a failure is reported in the debug log and does not stop the session.
+    pub async fn publish(&self, what: &str, pairs: Vec<(String, String)>) {
+        if let Err(e) = self.gi.write(pairs).await {
+            tracing::error!("guestinfo: writing {what}: {e}");
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Not launched yet (or waiting for `unblock`).
+    Waiting,
+    Running {
+        pid: i32,
+    },
+    Exited(Exit),
+    Failed(LaunchError),
+}
+
+pub struct Session {
+    pub id: Arc<str>,
+    pub kind: SessionKind,
+    config: Mutex<SessionConfig>,
+    state: Mutex<State>,
+    unblock: Notify,
+    unblocked: AtomicBool,
+    stopping: AtomicBool,
+    /// Where input for the process goes: the pty master, or the stdin pipe with OpenStdin.
+    stdin: Mutex<Option<Arc<OwnedFd>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Session {
+    pub fn new(id: &str, kind: SessionKind, config: SessionConfig) -> Arc<Self> {
+        Arc::new(Self {
+            id: id.into(),
+            kind,
+            config: Mutex::new(config),
+            state: Mutex::new(State::Waiting),
+            unblock: Notify::new(),
+            unblocked: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            stdin: Mutex::new(None),
+        })
+    }
+
+    pub fn config(&self) -> SessionConfig {
+        lock(&self.config).clone()
+    }
+
+    /// Takes a newly decoded config (the tether only reads the host's keys from it).
+    pub fn update_config(&self, config: SessionConfig) {
+        *lock(&self.config) = config;
+    }
+
+    pub fn state(&self) -> State {
+        lock(&self.state).clone()
+    }
+
+    fn set_state(&self, s: State) {
+        *lock(&self.state) = s;
+    }
+
+    pub fn pid(&self) -> Option<i32> {
+        match self.state() {
+            State::Running { pid } => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// Releases a RunBlock wait.
+    pub fn unblock(&self) {
+        self.unblocked.store(true, Ordering::SeqCst);
+        self.unblock.notify_waiters();
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Sends `sig` to the process (not its group). A session not running is not an error.
+    pub fn signal(&self, sig: i32) -> nix::Result<()> {
+        match self.pid() {
+            Some(pid) => sys::signal_process(pid, sig),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends `sig` to the process group (the process is its group's leader).
+    pub fn signal_group(&self, sig: i32) -> nix::Result<()> {
+        match self.pid() {
+            Some(pid) => sys::signal_group(pid, sig),
+            None => Ok(()),
+        }
+    }
+
+    /// The stop signal of the config (TERM when unset or unparsable).
+    pub fn stop_signal(&self) -> i32 {
+        let spec = lock(&self.config).stop_signal.clone();
+        if spec.is_empty() {
+            return libc::SIGTERM;
+        }
+        tether_proto::signal::parse(&spec).unwrap_or_else(|e| {
+            tracing::warn!(session = %self.id, "{e}; stopping with TERM");
+            libc::SIGTERM
+        })
+    }
+
+    /// Asks the session to stop: no (re)launch from now on, and the stop signal to the process.
+    pub fn request_stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.unblock.notify_waiters();
+        let sig = self.stop_signal();
+        if let Err(e) = self.signal(sig) {
+            tracing::warn!(session = %self.id, "stop signal {sig}: {e}");
+        }
+    }
+
+    /// The descriptor input to the process is written to, while it runs.
+    pub fn stdin(&self) -> Option<Arc<OwnedFd>> {
+        lock(&self.stdin).clone()
+    }
+
+    /// Runs the session to its end, relaunching a restartable one with docker's backoff.
+    pub async fn run(self: Arc<Self>, ctx: Arc<Ctx>, primary: bool) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let cfg = self.config();
+            if cfg.run_block && !self.unblocked.load(Ordering::SeqCst) {
+                self.wait_for_unblock(&ctx).await;
+            }
+            if self.stopping() {
+                break;
+            }
+            let started = tokio::time::Instant::now();
+            let ok = self.launch_once(&ctx, &cfg).await;
+            let again = ok && cfg.restart && !primary && !self.stopping();
+            if !again {
+                break;
+            }
+            if started.elapsed() >= Duration::from_secs(10) {
+                backoff = Duration::from_millis(100);
+            }
+            let mut cfg = self.config();
+            cfg.diagnostics.resurrection_count += 1;
+            let count = cfg.diagnostics.resurrection_count;
+            self.update_config(cfg);
+            tracing::info!(session = %self.id, "restarting in {backoff:?} (resurrection {count})");
+            let mut state = gi::initial_state(self.kind, &self.id, false);
+            state.insert(
+                0,
+                (
+                    gi::state_key(self.kind, &self.id, &["diagnostics", "resurrections"]),
+                    count.to_string(),
+                ),
+            );
+            ctx.publish("resurrections", state).await;
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(60));
+        }
+        let _ = ctx.finished.send(self.id.to_string());
+    }
+
+    async fn wait_for_unblock(&self, ctx: &Ctx) {
+        let deadline = ctx.settings.runblock_timeout;
+        tracing::info!(session = %self.id, "waiting for an attach client to unblock the launch (at most {deadline:?})");
+        let notified = self.unblock.notified();
+        if self.unblocked.load(Ordering::SeqCst) || self.stopping() {
+            return;
+        }
+        if tokio::time::timeout(deadline, notified).await.is_err() {
+            tracing::warn!(session = %self.id, "RunBlock: no unblock within {deadline:?}; launching anyway");
+        }
+    }
+
+    /// One launch and, when it succeeds, the wait for its exit. Returns false for a failed launch.
+    async fn launch_once(&self, ctx: &Ctx, cfg: &SessionConfig) -> bool {
+        let launched = launch::prepare(&ctx.settings.root, &cfg.cmd, &cfg.user, &cfg.group)
+            .and_then(|p| self.spawn(ctx, cfg, &p));
+        let (pid, exit_rx, pumps) = match launched {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(session = %self.id, "launch failed: {e} (exit status {})", e.exit_code);
+                ctx.publish(
+                    "a failed launch",
+                    gi::failed_state(self.kind, &self.id, e.exit_code, &e.message),
+                )
+                .await;
+                self.set_state(State::Failed(e));
+                return false;
+            }
+        };
+        tracing::info!(session = %self.id, pid, "launched {}", cfg.cmd.path);
+        self.set_state(State::Running { pid });
+        ctx.publish(
+            "a launch",
+            gi::launched_state(self.kind, &self.id, gi::now_secs()),
+        )
+        .await;
+
+        // The reaper always answers: the child is registered.
+        let exit = exit_rx.await.unwrap_or(Exit::Code(launch::EXIT_SETUP));
+        let mut pumps = pumps;
+        let drained = tokio::time::timeout(ctx.settings.drain_timeout, async {
+            for p in pumps.iter_mut() {
+                let _ = p.await;
+            }
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                session = %self.id,
+                "output still held open {:?} after the exit (a descendant keeps it); reporting the exit now",
+                ctx.settings.drain_timeout
+            );
+            for p in &pumps {
+                p.abort();
+            }
+        }
+        *lock(&self.stdin) = None;
+        ctx.log.flush(Some(&self.id)).await;
+        let status = exit.status();
+        tracing::info!(session = %self.id, pid, ?exit, status, "exited");
+        self.set_state(State::Exited(exit));
+        ctx.publish(
+            "an exit",
+            gi::exited_state(self.kind, &self.id, status, gi::now_secs()),
+        )
+        .await;
+        true
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn spawn(
+        &self,
+        ctx: &Ctx,
+        cfg: &SessionConfig,
+        p: &launch::Prepared,
+    ) -> Result<
+        (
+            i32,
+            tokio::sync::oneshot::Receiver<Exit>,
+            Vec<JoinHandle<()>>,
+        ),
+        LaunchError,
+    > {
+        let setup = |what: &str, e: &dyn std::fmt::Display| LaunchError {
+            message: format!("{what}: {e}"),
+            exit_code: launch::EXIT_SETUP,
+        };
+        let exec = self.kind == SessionKind::Exec;
+        // The child's ends (closed here once it has them) and our ends.
+        let (child_fds, outputs, stdin): (Vec<OwnedFd>, Vec<(OwnedFd, Stream)>, Option<OwnedFd>) =
+            if cfg.tty {
+                let pty = sys::open_pty().map_err(|e| setup("allocating a pty", &e))?;
+                let input = pty.master.try_clone().map_err(|e| setup("dup", &e))?;
+                (
+                    vec![pty.slave],
+                    vec![(pty.master, Stream::Stdout)],
+                    Some(input),
+                )
+            } else {
+                let (out_r, out_w) = spawn::pipe().map_err(|e| setup("pipe", &e))?;
+                let (err_r, err_w) = spawn::pipe().map_err(|e| setup("pipe", &e))?;
+                let (stdin_child, stdin_ours) = if cfg.open_stdin {
+                    let (r, w) = spawn::pipe().map_err(|e| setup("pipe", &e))?;
+                    (r, Some(w))
+                } else {
+                    let null =
+                        std::fs::File::open("/dev/null").map_err(|e| setup("/dev/null", &e))?;
+                    (OwnedFd::from(null), None)
+                };
+                (
+                    vec![stdin_child, out_w, err_w],
+                    vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+                    stdin_ours,
+                )
+            };
+        let stdio = match child_fds.as_slice() {
+            [pty] => [pty.as_raw_fd(); 3],
+            [i, o, e] => [i.as_raw_fd(), o.as_raw_fd(), e.as_raw_fd()],
+            _ => unreachable!("one pty or three pipes"),
+        };
+        let spec = spawn::SpawnSpec {
+            path: p.path.clone(),
+            argv: p.argv.clone(),
+            envp: p.envp.clone(),
+            dir: Some(p.dir.clone()),
+            user: p.user.clone(),
+            stdio,
+            controlling_tty: cfg.tty,
+        };
+        let (pid, exit_rx) = ctx
+            .reaper
+            .spawn(|| spawn::spawn(&spec).map(|pid| pid.as_raw()))
+            .map_err(|e| launch::spawn_error(&e, p))?;
+        drop(child_fds);
+        *lock(&self.stdin) = stdin.map(Arc::new);
+        let mut pumps = Vec::new();
+        for (fd, stream) in outputs {
+            match pump(fd, self.id.clone(), exec, stream, ctx.log.clone()) {
+                Ok(h) => pumps.push(h),
+                Err(e) => {
+                    tracing::error!(session = %self.id, "cannot read the output of {pid}: {e}")
+                }
+            }
+        }
+        Ok((pid, exit_rx, pumps))
+    }
+}
+
+/// Copies a process's output to the log until end of file (EIO on a pty whose slave is closed).
+fn pump(
+    fd: OwnedFd,
+    id: Arc<str>,
+    exec: bool,
+    stream: Stream,
+    log: OutputLog,
+) -> std::io::Result<JoinHandle<()>> {
+    sys::set_nonblocking(&fd)?;
+    let afd = sys::asyncfd::register(fd)?;
+    Ok(tokio::spawn(async move {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let mut guard = match afd.readable().await {
+                Ok(g) => g,
+                Err(_) => return,
+            };
+            match guard.try_io(|inner| {
+                nix::unistd::read(inner.get_ref().as_fd(), &mut buf).map_err(Into::into)
+            }) {
+                Ok(Ok(0)) => return,
+                Ok(Ok(n)) => log.write(&id, exec, stream, buf[..n].to_vec()).await,
+                Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(session = %id, "reading output: {e}");
+                    return;
+                }
+                Err(_would_block) => {}
+            }
+        }
+    }))
+}
