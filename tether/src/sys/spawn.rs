@@ -137,7 +137,8 @@ unsafe fn child(
             libc::_exit(127)
         }
     };
-    // SAFETY (whole block): plain system calls on descriptors and memory owned by this child.
+    // SAFETY: plain system calls on descriptors and memory owned by this child, which ends in
+    // execve or _exit.
     unsafe {
         // Default signal handling and an empty mask: the tether ignores SIGPIPE and blocks others.
         let mut empty: libc::sigset_t = std::mem::zeroed();
