@@ -82,6 +82,8 @@ pub struct Session {
     stopping: AtomicBool,
     /// Where input for the process goes: the pty master, or the stdin pipe with OpenStdin.
     stdin: Mutex<Option<Arc<OwnedFd>>>,
+    /// The process group of the last launch (its leader's pid), kept after the exit.
+    pgid: Mutex<Option<i32>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -99,6 +101,7 @@ impl Session {
             unblocked: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             stdin: Mutex::new(None),
+            pgid: Mutex::new(None),
         })
     }
 
@@ -149,6 +152,16 @@ impl Session {
         match self.pid() {
             Some(pid) => sys::signal_group(pid, sig),
             None => Ok(()),
+        }
+    }
+
+    /// Kills whatever is left in the process group of the last launch (descendants that outlived
+    /// the process). A group that is gone is not an error.
+    pub fn kill_leftovers(&self) {
+        if let Some(pgid) = *lock(&self.pgid) {
+            if let Err(e) = sys::signal_group(pgid, libc::SIGKILL) {
+                tracing::warn!(session = %self.id, "SIGKILL to group {pgid}: {e}");
+            }
         }
     }
 
@@ -249,6 +262,7 @@ impl Session {
             }
         };
         tracing::info!(session = %self.id, pid, "launched {}", cfg.cmd.path);
+        *lock(&self.pgid) = Some(pid);
         self.set_state(State::Running { pid });
         ctx.publish(
             "a launch",
