@@ -1,0 +1,107 @@
+//! The tether as PID 1 of a fresh PID namespace (`unshare --pid --fork --mount-proc`): orphans
+//! come to it as they do in the VM, and signals from outside reach it only through its handlers.
+
+mod common;
+
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use common::*;
+use tether_proto::iolog::Stream;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// `tether run` as PID 1 of a new PID namespace, or `None` (with the reason printed) where this
+/// machine does not allow one.
+fn spawn_as_pid1(h: &Harness, extra: &[&str]) -> Option<Child> {
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            eprintln!(
+                "skipped: unshare --pid is not allowed here: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return None;
+        }
+        Err(e) => {
+            eprintln!("skipped: no unshare here ({e})");
+            return None;
+        }
+    }
+    let inner = h.command(extra);
+    let mut c = Command::new("unshare");
+    c.args(["--pid", "--fork", "--mount-proc"])
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    Some(c.spawn().unwrap())
+}
+
+/// The pid (outside the namespace) of unshare's only child: the tether.
+fn tether_pid(unshare: &Child) -> i32 {
+    let path = format!("/proc/{0}/task/{0}/children", unshare.id());
+    let mut pid = 0;
+    wait_until(LIMIT, "unshare to start the tether", || {
+        pid = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+            .unwrap_or(0);
+        pid != 0
+    });
+    pid
+}
+
+#[test]
+fn sigterm_to_pid1_stops_the_container_cleanly() {
+    let h = Harness::new(&config(&[
+        "/bin/sh",
+        "-c",
+        "echo pid=$$; trap 'echo bye; exit 3' TERM; while :; do sleep 0.05; done",
+    ]));
+    let Some(mut unshare) = spawn_as_pid1(&h, &[]) else {
+        return;
+    };
+    let tether = tether_pid(&unshare);
+    wait_until(LIMIT, "the session to start", || {
+        h.output(Stream::Stdout).starts_with("pid=")
+    });
+    // Inside the namespace the tether is 1, so its session is a small number.
+    let pid: i32 = h
+        .output(Stream::Stdout)
+        .trim_start_matches("pid=")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        pid > 1 && pid < 100,
+        "session pid {pid} inside the namespace"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(tether),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = wait(&mut unshare, LIMIT, &h.debug_text());
+    assert!(status.success(), "{status:?}\n{}", h.debug_text());
+    assert_eq!(h.output(Stream::Stdout), format!("pid={pid}\nbye\n"));
+    assert_eq!(h.state().sessions[ID].exit_status, 3);
+}
+
+#[test]
+fn orphans_of_the_namespace_are_reaped_by_pid1() {
+    // Double-forked children are orphaned to PID 1 of the namespace, i.e. to the tether.
+    let script = "pipe(R, W) or die; for (1..2000) { my $p = fork; die unless defined $p; \
+                  if ($p == 0) { close R; exit 0 if fork; exit 0 } waitpid($p, 0) } close W; <R>; exit 0";
+    let h = Harness::new(&config(&["perl", "-e", script]));
+    let Some(mut unshare) = spawn_as_pid1(&h, &[]) else {
+        return;
+    };
+    assert!(wait(&mut unshare, LIMIT, &h.debug_text()).success());
+    assert!(
+        h.debug_text().contains("orphans=2000"),
+        "{}",
+        h.debug_text()
+    );
+}
