@@ -23,6 +23,14 @@ pub enum Command {
     /// Run as an ordinary process (or PID 1 of a PID namespace): sessions from guestinfo,
     /// orphans adopted as a subreaper, exit status 0 at the end instead of a power-off.
     Run(crate::run::RunOptions),
+    /// PID 1 of a containerVM (what runs when the tether is started as PID 1 without arguments):
+    /// settings from the kernel command line (`tether.guestinfo=`, `tether.attach=`,
+    /// `tether.debug=`, `tether.output=`), and a power-off at the end.
+    Init {
+        /// Settings to use instead of the kernel command line (for testing in a PID namespace).
+        #[arg(long)]
+        cmdline: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

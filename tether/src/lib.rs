@@ -9,6 +9,7 @@ pub mod gi;
 pub mod launch;
 pub mod logging;
 pub mod outlog;
+pub mod pid1;
 pub mod reaper;
 pub mod run;
 pub mod session;

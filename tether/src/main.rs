@@ -9,9 +9,14 @@ use tether::config_cmd;
 const EXIT_BAD_INPUT: u8 = 2;
 
 fn main() -> ExitCode {
+    // As PID 1 with no arguments (after switch_root), the tether is the containerVM's init.
+    if std::process::id() == 1 && std::env::args_os().len() == 1 {
+        tether::run::init(None);
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Config(cmd) => run_config(cmd),
+        Command::Init { cmdline } => tether::run::init(cmdline),
         Command::Run(opts) => match tether::run::run(opts) {
             Ok(code) => ExitCode::from(code as u8),
             Err(e) => {

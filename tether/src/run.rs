@@ -2,10 +2,10 @@
 //! development and tests. Everything is as in the VM except that it adopts orphans as a
 //! subreaper and exits with status 0 at the end instead of powering off.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,15 +19,16 @@ use tokio::sync::mpsc;
 use crate::agent::{Agent, Ending, Event};
 use crate::backdoor::Backdoor;
 use crate::gi::Guestinfo;
-use crate::logging;
 use crate::outlog::OutputLog;
 use crate::reaper::Reaper;
 use crate::session::{Ctx, Settings};
+use crate::{logging, pid1};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunOptions {
     /// Where the config comes from: a `.vmx`-style FILE, `unix:PATH` or `tcp:HOST:PORT` (framed
-    /// RPC, e.g. `vch guestinfo serve`), or `backdoor` (`backdoor!` skips the VMware CPU check).
+    /// RPC, e.g. `vch guestinfo serve`), `serial:DEVICE` (the same over a serial port), or
+    /// `backdoor` (`backdoor!` skips the VMware CPU check).
     #[arg(long)]
     pub guestinfo: String,
     /// The attach transport (the attach server arrives with issue 5; accepted and reported now).
@@ -63,9 +64,13 @@ pub fn open_guestinfo(spec: &str) -> anyhow::Result<Box<dyn GuestInfo>> {
         Some(("tcp", addr)) => Box::new(StreamGuestInfo::new(
             std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?,
         )),
+        Some(("serial", path)) => Box::new(StreamGuestInfo::new(
+            crate::sys::serial::open_raw(std::path::Path::new(path), false)
+                .with_context(|| format!("opening {path}"))?,
+        )),
         Some(("file", path)) => Box::new(VmxFile::open(path)?),
         Some((scheme, _)) if !spec.starts_with('/') && !spec.starts_with('.') => {
-            bail!("{spec:?}: unknown guestinfo source {scheme:?} (a file, unix:, tcp:, backdoor)")
+            bail!("{spec:?}: unknown guestinfo source {scheme:?} (a file, unix:, tcp:, serial:, backdoor)")
         }
         _ => Box::new(VmxFile::open(spec)?),
     })
@@ -75,30 +80,25 @@ fn secs(s: f64) -> Duration {
     Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
 }
 
+/// Opens a log destination: a serial device (made raw) or a file (appended to).
+fn open_log(path: &Path) -> anyhow::Result<File> {
+    let result = if path.starts_with("/dev/") {
+        crate::sys::serial::open_raw(path, true)
+    } else {
+        OpenOptions::new().create(true).append(true).open(path)
+    };
+    result.with_context(|| format!("opening {}", path.display()))
+}
+
 /// Runs the tether in process mode. Returns the process exit status.
 pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let gi = open_guestinfo(&opts.guestinfo)?;
     let debug_out: Box<dyn Write + Send> = match &opts.debug_log {
-        Some(p) => Box::new(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("opening {}", p.display()))?,
-        ),
+        Some(p) => Box::new(open_log(p)?),
         None => Box::new(std::io::stderr()),
     };
     let level = logging::init(debug_out);
-    let output = match &opts.output_log {
-        Some(p) => Some(
-            OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .with_context(|| format!("opening {}", p.display()))?,
-        ),
-        None => None,
-    };
+    let output = opts.output_log.as_deref().map(open_log).transpose()?;
     if let Err(e) = crate::sys::become_subreaper() {
         tracing::warn!("cannot become a subreaper ({e}); orphans go to the real init");
     }
@@ -113,11 +113,69 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         stop_timeout: secs(opts.stop_timeout),
         ..Settings::default()
     };
+    let ending = serve(gi, output, level, settings)?;
+    tracing::info!("tether done: {ending:?}");
+    Ok(0)
+}
+
+/// PID 1 of the containerVM: mounts, limits, settings from the kernel command line, the sessions,
+/// then sync and power off. Never returns, whatever fails on the way (each failure is reported on
+/// the debug port first).
+pub fn init(cmdline: Option<String>) -> ! {
+    let mount_errors = pid1::mount_all(&pid1::System);
+    let boot = match cmdline {
+        Some(c) => pid1::BootSettings::from_cmdline(&c),
+        None => pid1::BootSettings::read(),
+    };
+    let debug_out: Box<dyn Write + Send> = match open_log(Path::new(&boot.debug_log)) {
+        Ok(f) => Box::new(f),
+        Err(_) => Box::new(std::io::stderr()),
+    };
+    let level = logging::init(debug_out);
+    std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
+    for e in mount_errors.iter().chain(pid1::raise_limits().iter()) {
+        tracing::warn!("setup: {e}");
+    }
+    tracing::info!(
+        ?boot,
+        "tether {} starting as PID 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+        || -> anyhow::Result<Ending> {
+            // Before any other thread: the backdoor's I/O permission is inherited only by later threads.
+            let gi = open_guestinfo(&boot.guestinfo)?;
+            let output = match open_log(Path::new(&boot.output_log)) {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::error!("output log: {e:#}; session output is not persisted");
+                    None
+                }
+            };
+            serve(gi, output, level, Settings::default())
+        },
+    ));
+    match outcome {
+        Ok(Ok(ending)) => tracing::info!("tether done: {ending:?}; powering off"),
+        Ok(Err(e)) => tracing::error!("{e:#}; powering off"),
+        Err(_) => tracing::error!("the tether panicked; powering off"),
+    }
+    pid1::power_off()
+}
+
+/// What process mode and PID 1 share: the runtime, the reaper, the output log, the guestinfo
+/// thread, signal handling and the agent.
+fn serve(
+    gi: Box<dyn GuestInfo>,
+    output: Option<File>,
+    level: logging::LevelHandle,
+    settings: Settings,
+) -> anyhow::Result<Ending> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    let ending = runtime.block_on(async move {
+    runtime.block_on(async move {
         let reaper = Reaper::new();
         reaper.clone().start();
         let log = match output {
@@ -141,10 +199,6 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
             .run()
             .await
             .map_err(|e| anyhow::anyhow!("reading the config: {e}"))
-    })?;
-    tracing::info!("tether done: {ending:?}");
-    Ok(match ending {
-        Ending::PrimaryExited | Ending::Stopped(_) => 0,
     })
 }
 

@@ -105,3 +105,74 @@ fn orphans_of_the_namespace_are_reaped_by_pid1() {
         h.debug_text()
     );
 }
+
+#[test]
+fn init_runs_the_container_and_powers_the_namespace_off() {
+    let h = Harness::new(&config(&[
+        "/bin/sh",
+        "-c",
+        "echo hello from init; test -d /dev/pts",
+    ]));
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount", "--mount-proc", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: unshare --pid --mount is not allowed here");
+        return;
+    }
+    let cmdline = format!(
+        "quiet tether.guestinfo={} tether.debug={} tether.output={}",
+        h.vmx.display(),
+        h.debug.display(),
+        h.out.display()
+    );
+    let mut c = Command::new("unshare");
+    c.args(["--pid", "--fork", "--mount", "--mount-proc"])
+        .arg(tether_bin())
+        .args(["init", "--cmdline", &cmdline]);
+    let mut child = c.spawn().unwrap();
+    let status = wait(&mut child, LIMIT, &h.debug_text());
+    // reboot(POWER_OFF) in a PID namespace ends its init with SIGINT: the namespace's power-off.
+    use std::os::unix::process::ExitStatusExt as _;
+    assert!(
+        status.signal() == Some(libc::SIGINT) || status.code() == Some(128 + libc::SIGINT),
+        "{status:?}\n{}",
+        h.debug_text()
+    );
+    assert_eq!(h.output(Stream::Stdout), "hello from init\n");
+    assert_eq!(h.state().sessions[ID].exit_status, 0);
+    assert!(
+        h.debug_text().contains("powering off"),
+        "{}",
+        h.debug_text()
+    );
+}
+
+#[test]
+fn init_with_an_unreadable_config_reports_and_powers_off() {
+    let h = Harness::new(&config(&["true"]));
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount", "--mount-proc", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!("skipped: unshare --pid --mount is not allowed here");
+        return;
+    }
+    // No VMware here: the default backdoor source is refused, and the tether says so and powers off.
+    let cmdline = format!(
+        "tether.debug={} tether.output={}",
+        h.debug.display(),
+        h.out.display()
+    );
+    let mut child = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount", "--mount-proc"])
+        .arg(tether_bin())
+        .args(["init", "--cmdline", &cmdline])
+        .spawn()
+        .unwrap();
+    let status = wait(&mut child, LIMIT, &h.debug_text());
+    assert!(!status.success());
+    let debug = h.debug_text();
+    assert!(debug.contains("not a VMware virtual machine"), "{debug}");
+    assert!(debug.contains("powering off"), "{debug}");
+}

@@ -3,6 +3,7 @@
 
 pub mod asyncfd;
 pub mod ioctl;
+pub mod serial;
 pub mod spawn;
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

@@ -1,0 +1,27 @@
+//! Serial ports: opened without becoming our controlling terminal, raw, 8N1, 115200 baud.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+
+use nix::sys::termios::{self, BaudRate, SetArg};
+
+/// Opens `path` for reading and writing; when it is a terminal, makes it raw (no echo, no line
+/// discipline, no flow-control translation) at 115200 baud.
+pub fn open_raw(path: &Path, write_only: bool) -> std::io::Result<File> {
+    let file = OpenOptions::new()
+        .read(!write_only)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(path)?;
+    if nix::unistd::isatty(&file).unwrap_or(false) {
+        let mut t = termios::tcgetattr(&file)?;
+        termios::cfmakeraw(&mut t);
+        termios::cfsetspeed(&mut t, BaudRate::B115200)?;
+        // No modem-control hang-ups, and the receiver on.
+        t.control_flags |= termios::ControlFlags::CLOCAL | termios::ControlFlags::CREAD;
+        t.control_flags &= !termios::ControlFlags::CRTSCTS;
+        termios::tcsetattr(&file, SetArg::TCSANOW, &t)?;
+    }
+    Ok(file)
+}
