@@ -154,7 +154,7 @@ impl Agent {
             }
         }
         if !initial.is_empty() {
-            self.ctx.publish("the initial session state", initial).await;
+            self.ctx.publish("the initial session state", initial);
         }
         for s in to_start {
             let is_primary = primary.as_deref() == Some(&*s.id);
@@ -189,6 +189,8 @@ impl Agent {
             }
         }
         self.ctx.log.flush(None).await;
+        // Every state write queued so far (the exits above among them) is done before we end.
+        self.ctx.gi.sync().await;
         tracing::info!(
             orphans = self.ctx.reaper.orphans_reaped(),
             "all sessions stopped"

@@ -13,7 +13,10 @@ type Decoded = Result<(ExecutorConfig, Vec<String>), String>;
 
 enum Request {
     Decode(Box<ExecutorConfig>, oneshot::Sender<Decoded>),
-    Write(Vec<(String, String)>, oneshot::Sender<Result<(), String>>),
+    /// Keys to write, and what they are (for the debug log when writing fails).
+    Write(Vec<(String, String)>, String),
+    /// Answered once everything queued before it is done.
+    Sync(oneshot::Sender<()>),
 }
 
 /// A handle on the guestinfo thread.
@@ -42,19 +45,25 @@ impl Guestinfo {
                                 .map(|warnings| (*cfg, warnings));
                             let _ = reply.send(result);
                         }
-                        Request::Write(pairs, reply) => {
-                            let result = pairs.iter().try_for_each(|(k, v)| {
-                                if extraconfig::is_read_only_key(k) {
-                                    return Ok(());
-                                }
-                                let v = if v.is_empty() {
-                                    extraconfig::NIL
-                                } else {
-                                    v.as_str()
-                                };
-                                gi.set(k, v).map_err(|e| e.to_string())
-                            });
-                            let _ = reply.send(result);
+                        Request::Sync(done) => {
+                            let _ = done.send(());
+                        }
+                        Request::Write(pairs, what) => {
+                            // As VIC's guest sink: host-only keys dropped, empty values as <nil>.
+                            let pairs: Vec<(String, String)> = pairs
+                                .into_iter()
+                                .filter(|(k, _)| !extraconfig::is_read_only_key(k))
+                                .map(|(k, v)| {
+                                    if v.is_empty() {
+                                        (k, extraconfig::NIL.to_string())
+                                    } else {
+                                        (k, v)
+                                    }
+                                })
+                                .collect();
+                            if let Err(e) = gi.set_many(&pairs) {
+                                tracing::error!("guestinfo: writing {what}: {e}");
+                            }
                         }
                     }
                 }
@@ -73,14 +82,25 @@ impl Guestinfo {
             .map_err(|_| "the guestinfo thread is gone".to_string())?
     }
 
-    /// Writes `pairs` in order (keys the host owns are dropped, empty values go as `<nil>`).
-    pub async fn write(&self, pairs: Vec<(String, String)>) -> Result<(), String> {
+    /// Queues `pairs` to be written in order after everything queued before (keys the host owns
+    /// are dropped, empty values go as `<nil>`). A failure is reported in the debug log; a session
+    /// never waits on guestinfo to go on.
+    pub fn write(&self, what: &str, pairs: Vec<(String, String)>) {
+        if self
+            .tx
+            .send(Request::Write(pairs, what.to_string()))
+            .is_err()
+        {
+            tracing::error!("guestinfo: writing {what}: the guestinfo thread is gone");
+        }
+    }
+
+    /// Returns once everything queued so far has been written (or has failed).
+    pub async fn sync(&self) {
         let (tx, rx) = oneshot::channel();
-        self.tx
-            .send(Request::Write(pairs, tx))
-            .map_err(|_| "the guestinfo thread is gone".to_string())?;
-        rx.await
-            .map_err(|_| "the guestinfo thread is gone".to_string())?
+        if self.tx.send(Request::Sync(tx)).is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 

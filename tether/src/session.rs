@@ -53,11 +53,9 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Writes state; a failure is reported in the debug log and does not stop the session.
-    pub async fn publish(&self, what: &str, pairs: Vec<(String, String)>) {
-        if let Err(e) = self.gi.write(pairs).await {
-            tracing::error!("guestinfo: writing {what}: {e}");
-        }
+    /// Queues state to write (in order); a failure is reported in the debug log.
+    pub fn publish(&self, what: &str, pairs: Vec<(String, String)>) {
+        self.gi.write(what, pairs);
     }
 }
 
@@ -225,7 +223,7 @@ impl Session {
                     count.to_string(),
                 ),
             );
-            ctx.publish("resurrections", state).await;
+            ctx.publish("resurrections", state);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(60));
         }
@@ -255,8 +253,7 @@ impl Session {
                 ctx.publish(
                     "a failed launch",
                     gi::failed_state(self.kind, &self.id, e.exit_code, &e.message),
-                )
-                .await;
+                );
                 self.set_state(State::Failed(e));
                 return false;
             }
@@ -267,8 +264,7 @@ impl Session {
         ctx.publish(
             "a launch",
             gi::launched_state(self.kind, &self.id, gi::now_secs()),
-        )
-        .await;
+        );
 
         // The reaper always answers: the child is registered.
         let exit = exit_rx.await.unwrap_or(Exit::Code(launch::EXIT_SETUP));
@@ -297,8 +293,7 @@ impl Session {
         ctx.publish(
             "an exit",
             gi::exited_state(self.kind, &self.id, status, gi::now_secs()),
-        )
-        .await;
+        );
         true
     }
 

@@ -28,6 +28,10 @@ pub enum GuestInfoError {
 pub trait GuestInfo: Send {
     fn get(&mut self, key: &str) -> Result<Option<String>, GuestInfoError>;
     fn set(&mut self, key: &str, value: &str) -> Result<(), GuestInfoError>;
+    /// Sets several keys in order (a transport that can do it in one go overrides this).
+    fn set_many(&mut self, pairs: &[(String, String)]) -> Result<(), GuestInfoError> {
+        pairs.iter().try_for_each(|(k, v)| self.set(k, v))
+    }
     /// Picks up changes made by the host since the last read (a file transport re-reads its file).
     fn refresh(&mut self) -> Result<(), GuestInfoError> {
         Ok(())

@@ -153,6 +153,14 @@ impl GuestInfo for VmxFile {
         self.update(|values| values.insert(key, value))
     }
 
+    fn set_many(&mut self, pairs: &[(String, String)]) -> Result<(), GuestInfoError> {
+        self.update(|values| {
+            for (k, v) in pairs {
+                values.insert(k.as_str(), v.as_str());
+            }
+        })
+    }
+
     fn refresh(&mut self) -> Result<(), GuestInfoError> {
         let _lock = lock(&self.path)?;
         self.values = load(&self.path)?;
@@ -169,14 +177,15 @@ pub fn load(path: &Path) -> Result<KeyValues, GuestInfoError> {
     Ok(pairs.into_iter().collect())
 }
 
-/// Writes `values` to `path` through a temporary file and a rename.
+/// Writes `values` to `path` through a temporary file and a rename, so a reader sees the old file
+/// or the new one, never a mix. (No fsync: this store is for development and tests, and is
+/// rewritten on every change.)
 fn store(path: &Path, values: &KeyValues) -> Result<(), GuestInfoError> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let mut file = fs::File::create(&tmp)?;
     file.write_all(render(values.iter()).as_bytes())?;
-    file.sync_all()?;
     fs::rename(&tmp, path)?;
     Ok(())
 }

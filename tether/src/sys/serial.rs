@@ -4,7 +4,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
-use nix::sys::termios::{self, BaudRate, SetArg};
+use nix::sys::termios::{self, SetArg};
 
 /// Opens `path` for reading and writing; when it is a terminal, makes it raw (no echo, no line
 /// discipline, no flow-control translation) at 115200 baud.
@@ -17,7 +17,10 @@ pub fn open_raw(path: &Path, write_only: bool) -> std::io::Result<File> {
     if nix::unistd::isatty(&file).unwrap_or(false) {
         let mut t = termios::tcgetattr(&file)?;
         termios::cfmakeraw(&mut t);
-        termios::cfsetspeed(&mut t, BaudRate::B115200)?;
+        // The speed lives in the CBAUD bits of c_cflag on Linux. Set there rather than through
+        // cfsetspeed, whose versioned glibc symbol a static glibc build cannot link.
+        t.control_flags &= !termios::ControlFlags::CBAUD;
+        t.control_flags |= termios::ControlFlags::from_bits_retain(libc::B115200);
         // No modem-control hang-ups, and the receiver on.
         t.control_flags |= termios::ControlFlags::CLOCAL | termios::ControlFlags::CREAD;
         t.control_flags &= !termios::ControlFlags::CRTSCTS;

@@ -1,0 +1,184 @@
+//! `tether-bench TETHER`: session start-up, exec latency and memory of the tether in process mode,
+//! each against a baseline measured in the same run (these machines are noisy).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context as _};
+use tether_proto::config::{Cmd, ExecutorConfig, SessionConfig};
+use tether_proto::extraconfig::KeyValues;
+use tether_proto::guestinfo::vmx::VmxFile;
+use tether_proto::iolog;
+
+const ID: &str = "bench";
+const RUNS: usize = 30;
+
+fn now_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+fn session(args: &[&str]) -> SessionConfig {
+    SessionConfig {
+        active: true,
+        cmd: Cmd {
+            path: args[0].into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/usr/bin:/bin".into()],
+            dir: "/".into(),
+        },
+        ..SessionConfig::default()
+    }
+}
+
+fn write_config(path: &Path, primary: &[&str]) -> anyhow::Result<()> {
+    let mut c = ExecutorConfig::default();
+    c.common.id = ID.into();
+    c.sessions.insert(ID.into(), session(primary));
+    let kv: KeyValues = c.encode().into_iter().collect();
+    VmxFile::create(path, kv)?;
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Milliseconds from starting `tether run` to the session's own clock reading at its start.
+fn start_to_execve(tether: &Path, dir: &Path) -> anyhow::Result<f64> {
+    let cfg = dir.join("start.vmx");
+    let out = dir.join("start.log");
+    write_config(&cfg, &["date", "+%s%N"])?;
+    let _ = std::fs::remove_file(&out);
+    let t0 = now_nanos();
+    let status = Command::new(tether)
+        .args(["run", "--guestinfo"])
+        .arg(&cfg)
+        .arg("--output-log")
+        .arg(&out)
+        .arg("--debug-log")
+        .arg(dir.join("debug"))
+        .status()?;
+    if !status.success() {
+        bail!("tether run failed: {status}");
+    }
+    let log = iolog::decode(&std::fs::read(&out)?);
+    let text: String = log
+        .iter()
+        .map(|e| String::from_utf8_lossy(&e.data).into_owned())
+        .collect();
+    let started: u128 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("session printed {text:?}"))?;
+    Ok((started.saturating_sub(t0)) as f64 / 1e6)
+}
+
+/// The same measurement for a plain fork/exec of the same program: the floor.
+fn baseline_execve() -> anyhow::Result<f64> {
+    let t0 = now_nanos();
+    let out = Command::new("date").arg("+%s%N").output()?;
+    let started: u128 = String::from_utf8_lossy(&out.stdout).trim().parse()?;
+    Ok((started.saturating_sub(t0)) as f64 / 1e6)
+}
+
+/// Milliseconds from SIGHUP (with a new exec in the config) to the tether reading the exec's first
+/// output byte, and the tether's RSS in KiB while the primary runs.
+fn exec_latency_and_rss(tether: &Path, dir: &Path) -> anyhow::Result<(Vec<f64>, u64)> {
+    let cfg = dir.join("exec.vmx");
+    let out = dir.join("exec.log");
+    let flag = dir.join("stop");
+    let _ = std::fs::remove_file(&flag);
+    let _ = std::fs::remove_file(&out);
+    let script = format!("while [ ! -e {} ]; do sleep 0.01; done", flag.display());
+    write_config(&cfg, &["/bin/sh", "-c", &script])?;
+    let mut child = Command::new(tether)
+        .args(["run", "--guestinfo"])
+        .arg(&cfg)
+        .arg("--output-log")
+        .arg(&out)
+        .arg("--debug-log")
+        .arg(dir.join("debug"))
+        .stdin(Stdio::null())
+        .spawn()?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let wait_for = |what: &str, cond: &mut dyn FnMut() -> bool| -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !cond() {
+            if Instant::now() > deadline {
+                bail!("timed out waiting for {what}");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
+    };
+    wait_for("the primary", &mut || {
+        std::fs::read_to_string(&cfg).is_ok_and(|t| t.contains(".started = \"true\""))
+    })?;
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let mut latencies = Vec::new();
+    for i in 0..RUNS {
+        let id = format!("e{i}");
+        let mut file = VmxFile::open(&cfg)?;
+        file.update(|kv| {
+            let mut c = ExecutorConfig::decode(kv).map(|x| x.0).unwrap_or_default();
+            c.execs.insert(id.clone(), session(&["echo", "x"]));
+            for (k, v) in c.encode() {
+                if k.contains("execs") {
+                    kv.insert(k, v);
+                }
+            }
+        })?;
+        let before = iolog::decode(&std::fs::read(&out).unwrap_or_default()).len();
+        let t0 = now_nanos();
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP)?;
+        let mut first = 0u128;
+        wait_for("the exec's output", &mut || {
+            let log = iolog::decode(&std::fs::read(&out).unwrap_or_default());
+            match log.get(before) {
+                Some(e) => {
+                    first = u128::from(e.time_nanos);
+                    true
+                }
+                None => false,
+            }
+        })?;
+        latencies.push(first.saturating_sub(t0) as f64 / 1e6);
+    }
+    std::fs::write(&flag, "")?;
+    child.wait()?;
+    Ok((latencies, rss))
+}
+
+fn main() -> anyhow::Result<()> {
+    let tether: PathBuf = std::env::args()
+        .nth(1)
+        .context("usage: tether-bench TETHER")?
+        .into();
+    let dir = tempfile::tempdir()?;
+    println!("# tether process-mode benchmarks ({RUNS} runs each, medians)");
+    let mut ours = Vec::new();
+    let mut base = Vec::new();
+    for _ in 0..RUNS {
+        ours.push(start_to_execve(&tether, dir.path())?);
+        base.push(baseline_execve()?);
+    }
+    let (o, b) = (median(ours), median(base));
+    println!("start to session execve: {o:.2} ms (fork+exec baseline {b:.2} ms, +{:.2} ms; target < 5 ms)", o - b);
+    let (lat, rss) = exec_latency_and_rss(&tether, dir.path())?;
+    println!(
+        "exec request (SIGHUP) to first output byte: {:.2} ms (target < 10 ms)",
+        median(lat)
+    );
+    println!("tether RSS with one running session: {rss} KiB (target < 3072 KiB)");
+    Ok(())
+}
