@@ -7,3 +7,4 @@ pub mod guestinfo;
 pub mod iolog;
 pub mod rpc;
 pub mod signal;
+pub mod ssh;
