@@ -2,7 +2,10 @@
 //! VIC's attach protocol needs from an SSH library: global requests with reply payloads, channels
 //! of any type with their extra data, and channel requests of any name.
 
+pub mod cipher;
+pub mod kex;
 pub mod keys;
+pub mod msg;
 pub mod wire;
 
 /// Fills `buf` from the operating system's random source.
