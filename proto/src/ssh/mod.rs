@@ -1,15 +1,418 @@
-//! Our own SSH-2 (RFC 4253, 4252, 4254), both roles, on RustCrypto's building blocks, with what
-//! VIC's attach protocol needs from an SSH library: global requests with reply payloads, channels
-//! of any type with their extra data, and channel requests of any name.
+//! Our own SSH-2 (RFC 4253, 4252, 4254), both roles, async over any byte stream, on RustCrypto's
+//! building blocks. It gives the application what VIC's attach protocol needs and common SSH
+//! libraries keep to themselves: global requests with reply payloads, channels of any type with
+//! their extra data, and channel requests of any name.
+//!
+//! * [`serve`] runs a server connection to its end, calling a [`Handler`].
+//! * [`connect`] runs a client connection in a task and returns a [`Handle`] once authenticated;
+//!   channels it opens come back as [`Channel`]s with their own event streams.
 
 pub mod cipher;
+mod conn;
 pub mod kex;
 pub mod keys;
 pub mod msg;
+mod transport;
 pub mod wire;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, oneshot};
+
+pub use conn::{connect, serve};
+pub use kex::Preferences;
+pub use keys::{KeyError, PrivateKey, PublicKey};
 
 /// Fills `buf` from the operating system's random source.
 pub fn random(buf: &mut [u8]) {
     // The OS source failing is not something to carry on from with weak randomness.
     getrandom::fill(buf).expect("the operating system's random source failed");
 }
+
+/// Our identification string.
+pub const VERSION: &str = concat!("SSH-2.0-tether_", env!("CARGO_PKG_VERSION"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the connection closed")]
+    Closed,
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("the peer disconnected (reason {reason}): {description}")]
+    Disconnected { reason: u32, description: String },
+    #[error("key exchange: {0}")]
+    Kex(#[from] kex::NoCommon),
+    #[error("host key: {0}")]
+    HostKey(String),
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    #[error("packet: {0}")]
+    Cipher(#[from] cipher::CipherError),
+    #[error("malformed message: {0}")]
+    Wire(#[from] wire::WireError),
+}
+
+/// A channel, by our number for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChannelId(pub u32);
+
+/// Why a channel was not opened (reason code and description, RFC 4254 §5.1).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("channel open refused ({reason}): {description}")]
+pub struct OpenFailure {
+    pub reason: u32,
+    pub description: String,
+}
+
+impl OpenFailure {
+    pub fn new(reason: u32, description: impl Into<String>) -> Self {
+        Self {
+            reason,
+            description: description.into(),
+        }
+    }
+
+    pub fn unknown_type(typ: &str) -> Self {
+        Self::new(
+            msg::OPEN_UNKNOWN_CHANNEL_TYPE,
+            format!("unknown channel type {typ}"),
+        )
+    }
+}
+
+/// How a client checks the server's host key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostKeyCheck {
+    /// Any key (VIC's VCH does this).
+    Any,
+    /// Exactly this key.
+    Pinned(PublicKey),
+}
+
+/// Flow control and rekeying, for both roles.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// The window we give the peer per channel.
+    pub window: u32,
+    /// The largest data packet we accept.
+    pub max_packet: u32,
+    /// Start a new key exchange after this many bytes in either direction.
+    pub rekey_bytes: u64,
+    /// ... or after this long.
+    pub rekey_after: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            window: 2 * 1024 * 1024,
+            max_packet: 32 * 1024,
+            rekey_bytes: 1 << 30,
+            rekey_after: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Host keys; the one used is the first that can sign the negotiated algorithm.
+    pub keys: Vec<PrivateKey>,
+    pub prefs: Preferences,
+    pub version: String,
+    pub limits: Limits,
+    /// Methods named in USERAUTH_FAILURE.
+    pub auth_methods: Vec<String>,
+}
+
+impl ServerConfig {
+    pub fn new(keys: Vec<PrivateKey>) -> Self {
+        Self {
+            keys,
+            prefs: Preferences::default(),
+            version: VERSION.to_string(),
+            limits: Limits::default(),
+            auth_methods: vec!["publickey".into()],
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    pub user: String,
+    /// Tried after `none` is refused.
+    pub key: Option<PrivateKey>,
+    pub host_key: HostKeyCheck,
+    pub prefs: Preferences,
+    pub version: String,
+    pub limits: Limits,
+}
+
+impl ClientConfig {
+    pub fn new(user: &str) -> Self {
+        Self {
+            user: user.to_string(),
+            key: None,
+            host_key: HostKeyCheck::Any,
+            prefs: Preferences::default(),
+            version: VERSION.to_string(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// What the application decides. Every method has a refusing default; all are called from the
+/// connection's task and must not block.
+pub trait Handler: Send + 'static {
+    /// Authentication succeeded (server) or completed (client); `handle` sends on this connection.
+    fn connected(&mut self, _handle: Handle) {}
+    fn auth_none(&mut self, _user: &str) -> bool {
+        false
+    }
+    fn auth_publickey(&mut self, _user: &str, _key: &PublicKey) -> bool {
+        false
+    }
+    /// `Some(payload)` answers REQUEST_SUCCESS with the payload; `None` REQUEST_FAILURE.
+    fn global_request(&mut self, _name: &str, _data: &[u8]) -> Option<Vec<u8>> {
+        None
+    }
+    /// A channel the peer opens, with its type and extra data.
+    fn channel_open(
+        &mut self,
+        _ch: ChannelId,
+        typ: &str,
+        _extra: &[u8],
+    ) -> Result<(), OpenFailure> {
+        Err(OpenFailure::unknown_type(typ))
+    }
+    fn channel_request(&mut self, _ch: ChannelId, _name: &str, _data: &[u8]) -> bool {
+        false
+    }
+    /// Data on a channel the peer opened. Return true when it is consumed now (the window is
+    /// given back at once); false when the application will call [`Handle::adjust_window`].
+    fn data(&mut self, _ch: ChannelId, _data: &[u8]) -> bool {
+        true
+    }
+    fn extended_data(&mut self, _ch: ChannelId, _code: u32, _data: &[u8]) -> bool {
+        true
+    }
+    fn eof(&mut self, _ch: ChannelId) {}
+    fn closed(&mut self, _ch: ChannelId) {}
+}
+
+/// A handler that refuses everything (a client that only opens channels itself).
+pub struct NoHandler;
+impl Handler for NoHandler {}
+
+/// Events of a channel we opened.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ChannelEvent {
+    Data(Vec<u8>),
+    ExtendedData(u32, Vec<u8>),
+    Eof,
+    /// A request from the peer (a want-reply is answered with failure).
+    Request {
+        name: String,
+        data: Vec<u8>,
+    },
+    Closed,
+}
+
+pub(crate) enum Command {
+    Data {
+        ch: u32,
+        ext: Option<u32>,
+        data: Vec<u8>,
+        done: oneshot::Sender<()>,
+    },
+    Eof(u32),
+    Close(u32),
+    Adjust(u32, u32),
+    ChannelRequest {
+        ch: u32,
+        name: String,
+        data: Vec<u8>,
+        reply: Option<oneshot::Sender<bool>>,
+    },
+    GlobalRequest {
+        name: String,
+        data: Vec<u8>,
+        reply: Option<oneshot::Sender<Option<Vec<u8>>>>,
+    },
+    Open {
+        typ: String,
+        extra: Vec<u8>,
+        reply: oneshot::Sender<Result<Channel, OpenFailure>>,
+    },
+    Disconnect(String),
+}
+
+/// Sends on a connection. Cheap to clone; every method fails with [`SshError::Closed`] once the
+/// connection is gone.
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl Handle {
+    async fn send(&self, c: Command) -> Result<(), SshError> {
+        self.tx.send(c).await.map_err(|_| SshError::Closed)
+    }
+
+    /// Sends data (extended data with `ext`), returning when all of it is on its way: waits while
+    /// the peer's window is full.
+    pub async fn data(
+        &self,
+        ch: ChannelId,
+        ext: Option<u32>,
+        data: Vec<u8>,
+    ) -> Result<(), SshError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::Data {
+            ch: ch.0,
+            ext,
+            data,
+            done,
+        })
+        .await?;
+        wait.await.map_err(|_| SshError::Closed)
+    }
+
+    /// EOF after the data queued before it.
+    pub async fn eof(&self, ch: ChannelId) -> Result<(), SshError> {
+        self.send(Command::Eof(ch.0)).await
+    }
+
+    /// CLOSE after the data queued before it.
+    pub async fn close(&self, ch: ChannelId) -> Result<(), SshError> {
+        self.send(Command::Close(ch.0)).await
+    }
+
+    /// Gives `n` bytes of window back to the peer (data the application has consumed).
+    pub async fn adjust_window(&self, ch: ChannelId, n: u32) -> Result<(), SshError> {
+        self.send(Command::Adjust(ch.0, n)).await
+    }
+
+    /// A channel request; with `want_reply`, waits for and returns the peer's answer.
+    pub async fn channel_request(
+        &self,
+        ch: ChannelId,
+        name: &str,
+        want_reply: bool,
+        data: Vec<u8>,
+    ) -> Result<bool, SshError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::ChannelRequest {
+            ch: ch.0,
+            name: name.to_string(),
+            data,
+            reply: want_reply.then_some(tx),
+        })
+        .await?;
+        if want_reply {
+            rx.await.map_err(|_| SshError::Closed)
+        } else {
+            Ok(true)
+        }
+    }
+
+    /// A global request; with `want_reply`, returns the success payload or `None` for failure.
+    pub async fn global_request(
+        &self,
+        name: &str,
+        want_reply: bool,
+        data: Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, SshError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::GlobalRequest {
+            name: name.to_string(),
+            data,
+            reply: want_reply.then_some(tx),
+        })
+        .await?;
+        if want_reply {
+            rx.await.map_err(|_| SshError::Closed)
+        } else {
+            Ok(Some(Vec::new()))
+        }
+    }
+
+    /// Opens a channel of type `typ` with `extra` data.
+    pub async fn open(
+        &self,
+        typ: &str,
+        extra: Vec<u8>,
+    ) -> Result<Result<Channel, OpenFailure>, SshError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Open {
+            typ: typ.to_string(),
+            extra,
+            reply: tx,
+        })
+        .await?;
+        rx.await.map_err(|_| SshError::Closed)
+    }
+
+    /// Disconnects with a reason shown to the peer.
+    pub async fn disconnect(&self, why: &str) {
+        let _ = self.send(Command::Disconnect(why.to_string())).await;
+    }
+
+    /// True once the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Waits until the connection is gone.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+}
+
+/// A channel we opened, with its events.
+pub struct Channel {
+    pub id: ChannelId,
+    pub handle: Handle,
+    events: mpsc::UnboundedReceiver<ChannelEvent>,
+}
+
+impl Channel {
+    /// The next event; data given back to the peer's window as it is taken. `None` once closed.
+    pub async fn recv(&mut self) -> Option<ChannelEvent> {
+        let ev = self.events.recv().await?;
+        if let ChannelEvent::Data(d) | ChannelEvent::ExtendedData(_, d) = &ev {
+            let _ = self.handle.adjust_window(self.id, d.len() as u32).await;
+        }
+        Some(ev)
+    }
+
+    pub async fn data(&self, data: impl Into<Vec<u8>>) -> Result<(), SshError> {
+        self.handle.data(self.id, None, data.into()).await
+    }
+
+    pub async fn eof(&self) -> Result<(), SshError> {
+        self.handle.eof(self.id).await
+    }
+
+    pub async fn close(&self) -> Result<(), SshError> {
+        self.handle.close(self.id).await
+    }
+
+    pub async fn request(
+        &self,
+        name: &str,
+        want_reply: bool,
+        data: Vec<u8>,
+    ) -> Result<bool, SshError> {
+        self.handle
+            .channel_request(self.id, name, want_reply, data)
+            .await
+    }
+}
+
+/// A stream the connection can own.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,177 @@
+//! The byte stream under SSH: the version exchange, and two tasks that own the stream's halves,
+//! each with its own direction's keys and sequence number. Keys change exactly at NEWKEYS: the
+//! reader waits for the new opening keys right after it has passed NEWKEYS on, and the writer
+//! takes the new sealing keys from its queue right after the NEWKEYS packet.
+
+use tokio::io::{
+    AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf,
+};
+use tokio::sync::mpsc;
+
+use super::cipher::Direction;
+use super::{msg, SshError};
+
+/// The longest line (with CRLF) before the version, and how many such lines we skip.
+const MAX_LINE: usize = 255;
+const MAX_LINES: usize = 64;
+
+/// Sends our version line and reads the peer's (skipping other lines before it, as RFC 4253
+/// §4.2 allows). Returns the peer's line without CRLF.
+pub async fn exchange_versions<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    ours: &str,
+) -> Result<String, SshError> {
+    stream.write_all(format!("{ours}\r\n").as_bytes()).await?;
+    stream.flush().await?;
+    for _ in 0..MAX_LINES {
+        let mut line = Vec::with_capacity(64);
+        loop {
+            let b = stream.read_u8().await.map_err(|e| match e.kind() {
+                std::io::ErrorKind::UnexpectedEof => SshError::Closed,
+                _ => SshError::Io(e),
+            })?;
+            if b == b'\n' {
+                break;
+            }
+            if line.len() >= MAX_LINE {
+                return Err(SshError::Protocol(
+                    "the peer's version line is too long".into(),
+                ));
+            }
+            line.push(b);
+        }
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+        if line.starts_with(b"SSH-") {
+            let text = String::from_utf8(line)
+                .map_err(|_| SshError::Protocol("version line is not UTF-8".into()))?;
+            if !(text.starts_with("SSH-2.0-") || text.starts_with("SSH-1.99-")) {
+                return Err(SshError::Protocol(format!(
+                    "unsupported protocol version {text:?}"
+                )));
+            }
+            return Ok(text);
+        }
+    }
+    Err(SshError::Protocol(
+        "no SSH version line from the peer".into(),
+    ))
+}
+
+/// New keys for the reader, applied after the NEWKEYS it has just passed on.
+pub struct KeysIn {
+    pub dir: Direction,
+    /// Strict KEX: sequence numbers start again at 0.
+    pub reset_seq: bool,
+}
+
+/// What the writer is asked to do.
+pub enum Out {
+    Packet(Vec<u8>),
+    NewKeys { dir: Direction, reset_seq: bool },
+    Close,
+}
+
+/// One received packet's payload and its sequence number.
+pub type Incoming = Result<(u32, Vec<u8>), SshError>;
+
+pub async fn reader<S: AsyncRead + Send + 'static>(
+    mut r: ReadHalf<S>,
+    tx: mpsc::Sender<Incoming>,
+    mut keys: mpsc::UnboundedReceiver<KeysIn>,
+) {
+    let mut dir = Direction::none();
+    let mut seq: u32 = 0;
+    loop {
+        let result = read_packet(&mut r, &mut dir, seq).await;
+        let newkeys = matches!(&result, Ok(p) if p.first() == Some(&msg::NEWKEYS));
+        let failed = result.is_err();
+        if tx.send(result.map(|p| (seq, p))).await.is_err() || failed {
+            return;
+        }
+        seq = seq.wrapping_add(1);
+        if newkeys {
+            match keys.recv().await {
+                Some(k) => {
+                    dir = k.dir;
+                    if k.reset_seq {
+                        seq = 0;
+                    }
+                }
+                None => return,
+            }
+        }
+    }
+}
+
+async fn read_packet<S: AsyncRead>(
+    r: &mut ReadHalf<S>,
+    dir: &mut Direction,
+    seq: u32,
+) -> Result<Vec<u8>, SshError> {
+    let first = dir.first_len();
+    let mut buf = vec![0u8; first];
+    if let Err(e) = r.read_exact(&mut buf).await {
+        return Err(match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => SshError::Closed,
+            _ => SshError::Io(e),
+        });
+    }
+    let more = dir.packet_length(seq, &mut buf)?;
+    buf.resize(first + more, 0);
+    r.read_exact(&mut buf[first..])
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => SshError::Closed,
+            _ => SshError::Io(e),
+        })?;
+    let range = dir.open(seq, &mut buf)?;
+    buf.truncate(range.end);
+    buf.drain(..range.start);
+    Ok(buf)
+}
+
+pub async fn writer<S: AsyncWrite + Send + 'static>(
+    mut w: WriteHalf<S>,
+    mut rx: mpsc::Receiver<Out>,
+) -> Result<(), SshError> {
+    let mut dir = Direction::none();
+    let mut seq: u32 = 0;
+    let mut batch = Vec::with_capacity(64 * 1024);
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        let mut close = false;
+        // Seal everything queued, then write it in one go.
+        while let Some(out) = next.take() {
+            match out {
+                Out::Packet(p) => {
+                    batch.extend_from_slice(&dir.seal(seq, &p));
+                    seq = seq.wrapping_add(1);
+                }
+                Out::NewKeys { dir: d, reset_seq } => {
+                    dir = d;
+                    if reset_seq {
+                        seq = 0;
+                    }
+                }
+                Out::Close => close = true,
+            }
+            if close || batch.len() >= 256 * 1024 {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !batch.is_empty() {
+            w.write_all(&batch).await?;
+            w.flush().await?;
+            batch.clear();
+        }
+        if close {
+            let _ = w.shutdown().await;
+            return Ok(());
+        }
+    }
+    let _ = w.shutdown().await;
+    Ok(())
+}
