@@ -239,3 +239,123 @@ async fn our_client_refuses_a_host_key_it_does_not_expect() {
         .expect("refused");
     assert!(err.to_string().contains("not the one expected"), "{err}");
 }
+
+fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u32 = 0x1234_5678;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+const BIG: usize = 64 << 20;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_mib_through_our_server_with_openssh_rekeying_every_megabyte() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let user_key = keygen(dir.path(), "user", "ed25519");
+    let allowed =
+        PublicKey::from_openssh(&std::fs::read_to_string(user_key.with_extension("pub")).unwrap())
+            .unwrap();
+    let port = start_server(
+        ServerConfig::new(vec![PrivateKey::generate_ed25519()]),
+        Some(allowed),
+    )
+    .await;
+    let data = pattern(BIG);
+    let opts = vec!["RekeyLimit=1M".to_string()];
+    let out = openssh_client(port, &user_key, &opts, "cat", &data).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), BIG);
+    assert!(out.stdout == data, "the bytes came back changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_mib_through_openssh_sshd_with_both_sides_rekeying() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let key = PrivateKey::generate_ed25519();
+    let sshd = start_sshd(dir.path(), &key.public().to_openssh(), &["RekeyLimit 1M"]);
+    let mut cfg = ClientConfig::new("root");
+    cfg.key = Some(key);
+    cfg.limits.rekey_bytes = 3 << 20;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", sshd.port))
+        .await
+        .unwrap();
+    let (handle, _task) = ssh::connect(stream, cfg, ssh::NoHandler).await.unwrap();
+    let data = pattern(BIG);
+    let mut ch = handle.open("session", Vec::new()).await.unwrap().unwrap();
+    assert!(ch
+        .request(
+            "exec",
+            true,
+            ssh::wire::Writer::new().string("cat").finish()
+        )
+        .await
+        .unwrap());
+    let writer = {
+        let handle = handle.clone();
+        let id = ch.id;
+        let data = data.clone();
+        tokio::spawn(async move {
+            for chunk in data.chunks(256 * 1024) {
+                handle.data(id, None, chunk.to_vec()).await.unwrap();
+            }
+            handle.eof(id).await.unwrap();
+        })
+    };
+    let mut got = Vec::with_capacity(BIG);
+    let mut status = None;
+    while let Some(ev) = ch.recv().await {
+        match ev {
+            ChannelEvent::Data(d) => got.extend(d),
+            ChannelEvent::Request { name, data } if name == "exit-status" => status = Some(data),
+            ChannelEvent::Closed => break,
+            _ => {}
+        }
+    }
+    writer.await.unwrap();
+    assert_eq!(status, Some(vec![0, 0, 0, 0]));
+    assert_eq!(got.len(), BIG);
+    assert!(got == data, "the bytes came back changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssh_client_with_an_rsa_user_key_uses_rsa_sha2() {
+    if !have_openssh() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let user_key = keygen(dir.path(), "user", "rsa");
+    let allowed =
+        PublicKey::from_openssh(&std::fs::read_to_string(user_key.with_extension("pub")).unwrap())
+            .unwrap();
+    let port = start_server(
+        ServerConfig::new(vec![PrivateKey::generate_ed25519()]),
+        Some(allowed),
+    )
+    .await;
+    // OpenSSH no longer signs with ssh-rsa (SHA-1): this works only through server-sig-algs.
+    let opts = vec!["PubkeyAcceptedAlgorithms=rsa-sha2-256,rsa-sha2-512".to_string()];
+    let out = openssh_client(port, &user_key, &opts, "echo rsa-ok", b"").await;
+    assert_eq!(
+        out.stdout,
+        b"rsa-ok\n",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -25,7 +25,7 @@ const QUEUE: usize = 256;
 
 enum Role {
     Server(Arc<ServerConfig>),
-    Client(ClientConfig),
+    Client(Box<ClientConfig>),
 }
 
 enum KexState {
@@ -38,7 +38,7 @@ enum KexState {
     Exchanging {
         ours: Vec<u8>,
         theirs: Vec<u8>,
-        agreed: Agreed,
+        agreed: Box<Agreed>,
         ephemeral: Option<Ephemeral>,
         ignore_next: bool,
     },
@@ -111,6 +111,8 @@ struct Conn<H: Handler> {
     kex: KexState,
     first_kex: bool,
     strict: bool,
+    /// The client said it takes SSH_MSG_EXT_INFO.
+    peer_ext_info: bool,
     /// Our packets held back while our key exchange runs.
     deferred: Vec<Vec<u8>>,
     paused: bool,
@@ -146,7 +148,8 @@ pub async fn connect<S: Stream, H: Handler>(
     config: ClientConfig,
     handler: H,
 ) -> Result<(Handle, tokio::task::JoinHandle<Result<(), SshError>>), SshError> {
-    let (mut conn, incoming, commands) = start(stream, Role::Client(config), handler).await?;
+    let (mut conn, incoming, commands) =
+        start(stream, Role::Client(Box::new(config)), handler).await?;
     let (ready_tx, ready_rx) = oneshot::channel();
     conn.ready = Some(ready_tx);
     let handle = conn.handle.clone();
@@ -198,6 +201,7 @@ async fn start<S: Stream, H: Handler>(
         kex: KexState::Idle,
         first_kex: true,
         strict: false,
+        peer_ext_info: false,
         deferred: Vec::new(),
         paused: false,
         auth: Auth::Start,
@@ -447,6 +451,7 @@ impl<H: Handler> Conn<H> {
                 let agreed = kex::negotiate(c, s, !server)?;
                 if self.first_kex {
                     self.strict = agreed.strict;
+                    self.peer_ext_info = agreed.ext_info_c;
                 }
                 let ignore_next = agreed.ignore_guess;
                 let mut ephemeral = None;
@@ -460,7 +465,7 @@ impl<H: Handler> Conn<H> {
                 self.kex = KexState::Exchanging {
                     ours,
                     theirs: payload,
-                    agreed,
+                    agreed: Box::new(agreed),
                     ephemeral,
                     ignore_next,
                 };
@@ -578,7 +583,7 @@ impl<H: Handler> Conn<H> {
         payload: &[u8],
         ours: Vec<u8>,
         theirs: Vec<u8>,
-        agreed: Agreed,
+        agreed: Box<Agreed>,
     ) -> Result<(), SshError> {
         let Role::Server(config) = &self.role else {
             unreachable!("server only")
@@ -612,7 +617,7 @@ impl<H: Handler> Conn<H> {
         payload: &[u8],
         ours: Vec<u8>,
         theirs: Vec<u8>,
-        agreed: Agreed,
+        agreed: Box<Agreed>,
         e: Ephemeral,
     ) -> Result<(), SshError> {
         let Role::Client(config) = &self.role else {
@@ -643,6 +648,17 @@ impl<H: Handler> Conn<H> {
     }
 
     async fn after_first_kex(&mut self) -> Result<(), SshError> {
+        if self.is_server() && self.peer_ext_info {
+            // RFC 8308: tell the client which signature algorithms user keys may use.
+            let mut w = Writer::msg(msg::EXT_INFO);
+            w.u32(1).string("server-sig-algs").name_list(&[
+                super::keys::SSH_ED25519,
+                super::keys::RSA_SHA2_512,
+                super::keys::RSA_SHA2_256,
+                super::keys::SSH_RSA,
+            ]);
+            self.send(w.finish()).await?;
+        }
         if !self.is_server() {
             let mut w = Writer::msg(msg::SERVICE_REQUEST);
             w.string("ssh-userauth");

@@ -376,6 +376,12 @@ pub struct Channel {
     events: mpsc::UnboundedReceiver<ChannelEvent>,
 }
 
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Channel({})", self.id.0)
+    }
+}
+
 impl Channel {
     /// The next event; data given back to the peer's window as it is taken. `None` once closed.
     pub async fn recv(&mut self) -> Option<ChannelEvent> {
