@@ -159,6 +159,126 @@ fn exec_latency_and_rss(tether: &Path, dir: &Path) -> anyhow::Result<(Vec<f64>, 
     Ok((latencies, rss))
 }
 
+/// Seconds for OpenSSH's client to pull `bytes` of `head -c` output from the server on `port`.
+fn pull(port: u16, key: &Path, cipher: &str, bytes: u64) -> anyhow::Result<f64> {
+    let t0 = Instant::now();
+    let status = Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-T",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args([
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-c",
+            cipher,
+            "-i",
+        ])
+        .arg(key)
+        .args([
+            "-p",
+            &port.to_string(),
+            "root@127.0.0.1",
+            &format!("head -c {bytes} /dev/zero"),
+        ])
+        .stdout(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("ssh to port {port} failed: {status}");
+    }
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Our SSH server against OpenSSH's sshd, each sending 256 MiB to OpenSSH's client.
+fn ssh_throughput(dir: &Path) -> anyhow::Result<()> {
+    use tether_proto::ssh::{self, exec_server::ExecServer, PrivateKey, PublicKey, ServerConfig};
+    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(sshd) = sshd else {
+        println!("ssh throughput: skipped (OpenSSH's sshd is not installed)");
+        return Ok(());
+    };
+    let key = dir.join("user");
+    let host = dir.join("host");
+    for k in [&key, &host] {
+        Command::new("ssh-keygen")
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(k)
+            .status()?;
+    }
+    let public = std::fs::read_to_string(key.with_extension("pub"))?;
+    std::fs::write(dir.join("authorized_keys"), &public)?;
+    let free_port = || -> anyhow::Result<u16> {
+        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port())
+    };
+    let sshd_port = free_port()?;
+    std::fs::write(
+        dir.join("sshd_config"),
+        format!(
+            "Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nUsePAM no\nStrictModes no\n\
+             PidFile none\nPermitRootLogin yes\nPasswordAuthentication no\nLogLevel ERROR\n",
+            host.display(),
+            dir.join("authorized_keys").display()
+        ),
+    )?;
+    std::fs::create_dir_all("/run/sshd").ok();
+    let mut daemon = Command::new(sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .stderr(Stdio::null())
+        .spawn()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let allowed = PublicKey::from_openssh(&public)?;
+    let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
+    let our_port = listener.local_addr()?.port();
+    let config = std::sync::Arc::new(ServerConfig::new(vec![PrivateKey::generate_ed25519()]));
+    runtime.spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            let (config, allowed) = (config.clone(), allowed.clone());
+            tokio::spawn(
+                async move { ssh::serve(s, config, ExecServer::new(Some(allowed))).await },
+            );
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", sshd_port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("sshd did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    const BYTES: u64 = 256 << 20;
+    for cipher in [
+        "chacha20-poly1305@openssh.com",
+        "aes128-gcm@openssh.com",
+        "aes128-ctr",
+    ] {
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..3 {
+            ours.push(BYTES as f64 / 1e6 / pull(our_port, &key, cipher, BYTES)?);
+            theirs.push(BYTES as f64 / 1e6 / pull(sshd_port, &key, cipher, BYTES)?);
+        }
+        let (o, t) = (median(ours), median(theirs));
+        println!("ssh 256 MiB to OpenSSH's client, {cipher}: ours {o:.0} MB/s, OpenSSH sshd {t:.0} MB/s, ratio {:.2} (target >= 1.0)", o / t);
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let tether: PathBuf = std::env::args()
         .nth(1)
@@ -180,5 +300,6 @@ fn main() -> anyhow::Result<()> {
         median(lat)
     );
     println!("tether RSS with one running session: {rss} KiB (target < 3072 KiB)");
+    ssh_throughput(dir.path())?;
     Ok(())
 }

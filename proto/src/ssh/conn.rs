@@ -1210,3 +1210,61 @@ impl<H: Handler> Conn<H> {
         }
     }
 }
+
+/// For fuzzing: a server connection already past key exchange and authentication (keys "none"),
+/// fed `payloads` as received messages. Returns when one is refused or all are handled.
+#[doc(hidden)]
+pub async fn fuzz_authenticated_server(payloads: Vec<Vec<u8>>) -> Result<(), SshError> {
+    struct Accepting;
+    impl Handler for Accepting {
+        fn channel_open(&mut self, _: ChannelId, _: &str, _: &[u8]) -> Result<(), OpenFailure> {
+            Ok(())
+        }
+        fn global_request(&mut self, _: &str, d: &[u8]) -> Option<Vec<u8>> {
+            Some(d.to_vec())
+        }
+        fn channel_request(&mut self, _: ChannelId, _: &str, _: &[u8]) -> bool {
+            true
+        }
+    }
+    let (out_tx, mut out_rx) = mpsc::channel(QUEUE);
+    tokio::spawn(async move { while out_rx.recv().await.is_some() {} });
+    let (keys_tx, _keys_rx) = mpsc::unbounded_channel();
+    let (cmd_tx, _cmd_rx) = mpsc::channel(QUEUE);
+    let mut conn = Conn {
+        role: Role::Server(Arc::new(ServerConfig::new(vec![
+            super::PrivateKey::generate_ed25519(),
+        ]))),
+        handler: Accepting,
+        limits: Limits::default(),
+        out: out_tx,
+        keys_in: keys_tx,
+        handle: Handle { tx: cmd_tx },
+        v_c: b"SSH-2.0-fuzz".to_vec(),
+        v_s: super::VERSION.as_bytes().to_vec(),
+        session_id: Some(vec![0; 32]),
+        kex: KexState::Idle,
+        first_kex: false,
+        strict: false,
+        peer_ext_info: false,
+        deferred: Vec::new(),
+        paused: false,
+        auth: Auth::Done,
+        auth_failures: 0,
+        client_tried_key: false,
+        ready: None,
+        channels: HashMap::new(),
+        next_channel: 0,
+        globals: VecDeque::new(),
+        bytes_since_kex: 0,
+        kex_at: Instant::now(),
+        disconnected: false,
+    };
+    for (seq, p) in payloads.into_iter().enumerate() {
+        conn.packet(seq as u32, p).await?;
+        if conn.disconnected {
+            break;
+        }
+    }
+    Ok(())
+}

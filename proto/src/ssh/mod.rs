@@ -9,6 +9,8 @@
 
 pub mod cipher;
 mod conn;
+#[doc(hidden)]
+pub mod exec_server;
 pub mod kex;
 pub mod keys;
 pub mod msg;
@@ -18,7 +20,7 @@ pub mod wire;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
-pub use conn::{connect, serve};
+pub use conn::{connect, fuzz_authenticated_server, serve};
 pub use kex::Preferences;
 pub use keys::{KeyError, PrivateKey, PublicKey};
 
