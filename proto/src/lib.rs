@@ -4,6 +4,7 @@
 pub mod config;
 pub mod extraconfig;
 pub mod guestinfo;
+pub mod handshake;
 pub mod iolog;
 pub mod rpc;
 pub mod signal;
