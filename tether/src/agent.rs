@@ -147,6 +147,11 @@ impl Agent {
                     let active = scfg.active;
                     let s = Session::new(&id, kind, scfg);
                     self.sessions.insert(id.clone(), s.clone());
+                    self.ctx
+                        .registry
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(id.clone(), s.clone());
                     if active {
                         to_start.push(s);
                     }
@@ -156,12 +161,29 @@ impl Agent {
         if !initial.is_empty() {
             self.ctx.publish("the initial session state", initial);
         }
+        if first {
+            self.start_attach_server();
+        }
         for s in to_start {
             let is_primary = primary.as_deref() == Some(&*s.id);
             self.live.insert(s.id.to_string(), ());
             tokio::spawn(s.clone().run(self.ctx.clone(), is_primary));
         }
         Ok(())
+    }
+
+    /// Starts the attach server once the config (and with it the host key) is known.
+    fn start_attach_server(&self) {
+        let Some(spec) = self.ctx.settings.attach.clone() else { return };
+        let key = crate::attach::host_key(&self.cfg.key.0);
+        let shared = crate::attach::Shared {
+            registry: self.ctx.registry.clone(),
+            events: self.ctx.events.clone(),
+            server: std::sync::Arc::new(tether_proto::ssh::ServerConfig::new(vec![key])),
+            authorized: None,
+        };
+        tracing::info!("attach server on {spec}");
+        tokio::spawn(crate::attach::run(spec, std::sync::Arc::new(shared)));
     }
 
     /// Stops every session: the stop signal, then SIGKILL to the process groups after the stop

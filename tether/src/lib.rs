@@ -2,10 +2,13 @@
 //! calls in here.
 
 pub mod agent;
+pub mod attach;
 pub mod backdoor;
 pub mod cli;
 pub mod config_cmd;
+pub mod fanout;
 pub mod gi;
+pub mod input;
 pub mod launch;
 pub mod logging;
 pub mod outlog;

@@ -31,7 +31,8 @@ pub struct RunOptions {
     /// `backdoor` (`backdoor!` skips the VMware CPU check).
     #[arg(long)]
     pub guestinfo: String,
-    /// The attach transport (the attach server arrives with issue 5; accepted and reported now).
+    /// The attach line: `tcp:HOST:PORT` or `unix:PATH` (the tether connects to the host, as the
+    /// VM's serial port does), or `serial:DEVICE`.
     #[arg(long)]
     pub attach: Option<String>,
     /// Where session output goes, in VIC's output.log format.
@@ -111,6 +112,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         drain_timeout: secs(opts.drain_timeout),
         runblock_timeout: secs(opts.runblock_timeout),
         stop_timeout: secs(opts.stop_timeout),
+        attach: opts.attach.clone(),
         ..Settings::default()
     };
     let ending = serve(gi, output, level, settings)?;
@@ -152,7 +154,11 @@ pub fn init(cmdline: Option<String>) -> ! {
                     None
                 }
             };
-            serve(gi, output, level, Settings::default())
+            let settings = Settings {
+            attach: Some(boot.attach.clone()),
+            ..Settings::default()
+        };
+        serve(gi, output, level, settings)
         },
     ));
     match outcome {
@@ -183,14 +189,16 @@ fn serve(
             None => OutputLog::disabled(),
         };
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
         let ctx = Arc::new(Ctx {
             reaper,
             gi: Guestinfo::start(gi),
             log,
             settings,
             finished: finished_tx,
+            registry: Default::default(),
+            events: events_tx.clone(),
         });
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
         watch_signals(events_tx)?;
         let on_level = Box::new(move |debug: i32| {
             let _ = level.modify(|f| *f = logging::level_for(debug));

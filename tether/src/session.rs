@@ -12,7 +12,9 @@ use tether_proto::iolog::Stream;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
+use crate::fanout::{Fanout, Output};
 use crate::gi::{self, Guestinfo};
+use crate::input::{self, InputMsg};
 use crate::launch::{self, LaunchError};
 use crate::outlog::OutputLog;
 use crate::reaper::{Exit, Reaper};
@@ -29,6 +31,8 @@ pub struct Settings {
     pub stop_timeout: Duration,
     /// The container's root, for `/etc/passwd` and `/etc/group`.
     pub root: PathBuf,
+    /// The attach line (`tcp:HOST:PORT`, `unix:PATH`, `serial:DEVICE`), if any.
+    pub attach: Option<String>,
 }
 
 impl Default for Settings {
@@ -38,6 +42,7 @@ impl Default for Settings {
             runblock_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(10),
             root: PathBuf::from("/"),
+            attach: None,
         }
     }
 }
@@ -50,6 +55,10 @@ pub struct Ctx {
     pub settings: Settings,
     /// Told the id of every session whose task has finished.
     pub finished: mpsc::UnboundedSender<String>,
+    /// Every session by ID, for the attach server.
+    pub registry: crate::attach::Registry,
+    /// Where reload requests from the attach server go.
+    pub events: mpsc::UnboundedSender<crate::agent::Event>,
 }
 
 impl Ctx {
@@ -78,8 +87,12 @@ pub struct Session {
     unblock: Notify,
     unblocked: AtomicBool,
     stopping: AtomicBool,
-    /// Where input for the process goes: the pty master, or the stdin pipe with OpenStdin.
-    stdin: Mutex<Option<Arc<OwnedFd>>>,
+    /// Output to attached clients.
+    pub fanout: Arc<Fanout>,
+    /// Input from attached clients.
+    input: mpsc::UnboundedSender<InputMsg>,
+    /// The pty master while the process runs (for window changes).
+    pty: Mutex<Option<OwnedFd>>,
     /// The process group of the last launch (its leader's pid), kept after the exit.
     pgid: Mutex<Option<i32>>,
 }
@@ -98,7 +111,9 @@ impl Session {
             unblock: Notify::new(),
             unblocked: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            stdin: Mutex::new(None),
+            fanout: Arc::new(Fanout::default()),
+            input: input::start(),
+            pty: Mutex::new(None),
             pgid: Mutex::new(None),
         })
     }
@@ -185,9 +200,23 @@ impl Session {
         }
     }
 
-    /// The descriptor input to the process is written to, while it runs.
-    pub fn stdin(&self) -> Option<Arc<OwnedFd>> {
-        lock(&self.stdin).clone()
+    /// Where attached clients' input goes.
+    pub fn input(&self) -> mpsc::UnboundedSender<InputMsg> {
+        self.input.clone()
+    }
+
+    /// Sets the pty's window size; false when the session has no pty (or it is gone).
+    pub fn set_window(&self, cols: u16, rows: u16, width: u16, height: u16) -> bool {
+        match &*lock(&self.pty) {
+            Some(fd) => sys::ioctl::set_window_size(fd, cols, rows, width, height).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Still of interest to a host: active and neither exited nor failed (VIC's rule for
+    /// `container-ids`).
+    pub fn live(&self) -> bool {
+        lock(&self.config).active && matches!(self.state(), State::Waiting | State::Running { .. })
     }
 
     /// Runs the session to its end, relaunching a restartable one with docker's backoff.
@@ -254,6 +283,7 @@ impl Session {
                     "a failed launch",
                     gi::failed_state(self.kind, &self.id, e.exit_code, &e.message),
                 );
+                self.fanout.send(Output::Failed(e.clone()));
                 self.set_state(State::Failed(e));
                 return false;
             }
@@ -285,11 +315,13 @@ impl Session {
                 p.abort();
             }
         }
-        *lock(&self.stdin) = None;
+        let _ = self.input.send(InputMsg::Done);
+        *lock(&self.pty) = None;
         ctx.log.flush(Some(&self.id)).await;
         let status = exit.status();
         tracing::info!(session = %self.id, pid, ?exit, status, "exited");
         self.set_state(State::Exited(exit));
+        self.fanout.send(Output::Exit(exit));
         ctx.publish(
             "an exit",
             gi::exited_state(self.kind, &self.id, status, gi::now_secs()),
@@ -362,10 +394,16 @@ impl Session {
             .spawn(|| spawn::spawn(&spec).map(|pid| pid.as_raw()))
             .map_err(|e| launch::spawn_error(&e, p))?;
         drop(child_fds);
-        *lock(&self.stdin) = stdin.map(Arc::new);
+        if cfg.tty {
+            *lock(&self.pty) = stdin.as_ref().and_then(|fd| fd.try_clone().ok());
+        }
+        let _ = self.input.send(match stdin {
+            Some(fd) => InputMsg::Target(fd, cfg.tty),
+            None => InputMsg::Done,
+        });
         let mut pumps = Vec::new();
         for (fd, stream) in outputs {
-            match pump(fd, self.id.clone(), exec, stream, ctx.log.clone()) {
+            match pump(fd, self.id.clone(), exec, stream, ctx.log.clone(), self.fanout.clone()) {
                 Ok(h) => pumps.push(h),
                 Err(e) => {
                     tracing::error!(session = %self.id, "cannot read the output of {pid}: {e}")
@@ -376,13 +414,15 @@ impl Session {
     }
 }
 
-/// Copies a process's output to the log until end of file (EIO on a pty whose slave is closed).
+/// Copies a process's output to its attached clients and the log until end of file (EIO on a pty
+/// whose slave is closed).
 fn pump(
     fd: OwnedFd,
     id: Arc<str>,
     exec: bool,
     stream: Stream,
     log: OutputLog,
+    fanout: Arc<Fanout>,
 ) -> std::io::Result<JoinHandle<()>> {
     sys::set_nonblocking(&fd)?;
     let afd = sys::asyncfd::register(fd)?;
@@ -397,7 +437,10 @@ fn pump(
                 nix::unistd::read(inner.get_ref().as_fd(), &mut buf).map_err(Into::into)
             }) {
                 Ok(Ok(0)) => return,
-                Ok(Ok(n)) => log.write(&id, exec, stream, buf[..n].to_vec()).await,
+                Ok(Ok(n)) => {
+                    fanout.send(Output::Data(stream, Arc::from(&buf[..n])));
+                    log.write(&id, exec, stream, buf[..n].to_vec()).await
+                }
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return,
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) => {

@@ -1,0 +1,325 @@
+//! The attach server: on the attach line (the serial port COM1 in the VM, TCP or a Unix socket in
+//! process mode) the tether waits for the host's handshake, then serves SSH with VIC's attach
+//! protocol. After any loss of the line it opens it again and waits for a new handshake, forever;
+//! sessions are not touched by it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tether_proto::handshake;
+use tether_proto::iolog::Stream;
+use tether_proto::ssh::{self, msg, wire, ChannelId, Handle, Handler, OpenFailure, PrivateKey, PublicKey, ServerConfig};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::agent::Event;
+use crate::fanout::Output;
+use crate::input::InputMsg;
+use crate::reaper::Exit;
+use crate::session::{Session, State};
+
+/// The feature version VIC's tether reports (`MaxPluginVersion - 1`).
+pub const VERSION: u32 = 10;
+
+/// Every session and exec by ID, shared with the agent.
+pub type Registry = Arc<Mutex<HashMap<String, Arc<Session>>>>;
+
+pub struct Shared {
+    pub registry: Registry,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub server: Arc<ServerConfig>,
+    /// When set, only this client key is accepted (and `none` is refused).
+    pub authorized: Option<PublicKey>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The host key: the config's PEM when it has one, else a fresh Ed25519 key.
+pub fn host_key(pem: &[u8]) -> PrivateKey {
+    if pem.is_empty() {
+        return PrivateKey::generate_ed25519();
+    }
+    match PrivateKey::from_pem(&String::from_utf8_lossy(pem)) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!("the config's host key is unusable ({e}); using a generated one");
+            PrivateKey::generate_ed25519()
+        }
+    }
+}
+
+trait Line: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Line for T {}
+
+/// Opens the attach line: `tcp:HOST:PORT` and `unix:PATH` connect to the host, `serial:DEVICE`
+/// opens a serial port raw.
+async fn open(spec: &str) -> std::io::Result<Box<dyn Line>> {
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("unknown attach line {spec:?}"));
+    match spec.split_once(':').ok_or_else(bad)? {
+        ("tcp", addr) => {
+            let s = tokio::net::TcpStream::connect(addr).await?;
+            s.set_nodelay(true)?;
+            Ok(Box::new(s))
+        }
+        ("unix", path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
+        ("serial", dev) => {
+            let file = crate::sys::serial::open_raw(std::path::Path::new(dev), false)?;
+            let write = file.try_clone()?;
+            let r = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(file.into())?;
+            let w = tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(write.into())?;
+            Ok(Box::new(tokio::io::join(r, w)))
+        }
+        _ => Err(bad()),
+    }
+}
+
+/// Serves the attach line forever.
+pub async fn run(spec: String, shared: Arc<Shared>) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        let mut line = match open(&spec).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::debug!("attach line {spec}: {e}; again in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        // Handshakes on this line until one succeeds or the line goes.
+        let ok = loop {
+            match handshake::serve(&mut line).await {
+                Ok(()) => break true,
+                Err(e) if e.retryable() => tracing::debug!("attach: {e}; waiting for the next attempt"),
+                Err(e) => {
+                    tracing::debug!("attach: {e}");
+                    break false;
+                }
+            }
+        };
+        if !ok {
+            continue;
+        }
+        tracing::info!("attach: the host connected");
+        let handler = Attach::new(shared.clone());
+        match ssh::serve(line, shared.server.clone(), handler).await {
+            Ok(()) => tracing::info!("attach: the host disconnected"),
+            Err(e) => tracing::info!("attach: connection ended: {e}"),
+        }
+    }
+}
+
+static READERS: AtomicU64 = AtomicU64::new(1);
+
+struct Attached {
+    session: Arc<Session>,
+    subscription: u64,
+    reader: u64,
+}
+
+/// VIC's attach protocol on one SSH connection.
+pub struct Attach {
+    shared: Arc<Shared>,
+    handle: Option<Handle>,
+    channels: HashMap<ChannelId, Attached>,
+}
+
+impl Attach {
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            shared,
+            handle: None,
+            channels: HashMap::new(),
+        }
+    }
+
+    fn session(&self, id: &str) -> Option<Arc<Session>> {
+        lock(&self.shared.registry).get(id).cloned()
+    }
+}
+
+fn prohibited(text: String) -> OpenFailure {
+    OpenFailure::new(msg::OPEN_ADMINISTRATIVELY_PROHIBITED, text)
+}
+
+impl Handler for Attach {
+    fn connected(&mut self, handle: Handle) {
+        self.handle = Some(handle);
+    }
+
+    fn auth_none(&mut self, user: &str) -> bool {
+        self.shared.authorized.is_none() && user == "daemon"
+    }
+
+    fn auth_publickey(&mut self, _user: &str, key: &PublicKey) -> bool {
+        self.shared.authorized.as_ref() == Some(key)
+    }
+
+    fn global_request(&mut self, name: &str, _data: &[u8]) -> Option<Vec<u8>> {
+        match name {
+            "container-ids" => {
+                let mut ids: Vec<String> = lock(&self.shared.registry)
+                    .iter()
+                    .filter(|(_, s)| s.live())
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                ids.sort();
+                let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+                Some(wire::Writer::new().name_list(&refs).finish())
+            }
+            "version" => Some(VERSION.to_be_bytes().to_vec()),
+            // Our extension: re-read the config (what SIGHUP does), for hosts without guest ops.
+            "reload" => self.shared.events.send(Event::Reload).ok().map(|()| Vec::new()),
+            _ => None,
+        }
+    }
+
+    fn channel_open(&mut self, ch: ChannelId, typ: &str, extra: &[u8]) -> Result<(), OpenFailure> {
+        // VIC's checks, in VIC's order.
+        if typ != "attach" {
+            return Err(OpenFailure::unknown_type(typ));
+        }
+        if extra.is_empty() {
+            return Err(prohibited("attach channel requires ID in ExtraData".into()));
+        }
+        let id = String::from_utf8_lossy(extra).into_owned();
+        let session = self.session(&id).ok_or_else(|| prohibited(format!("session {id} is invalid")))?;
+        let (subscription, outputs) = session.fanout.subscribe();
+        match session.state() {
+            State::Failed(e) => {
+                session.fanout.unsubscribe(subscription);
+                return Err(prohibited(format!("launch failed with: {}", e.message)));
+            }
+            State::Exited(e) => {
+                session.fanout.unsubscribe(subscription);
+                return Err(prohibited(format!("process finished with exit code: {}", e.status())));
+            }
+            _ => {}
+        }
+        let reader = READERS.fetch_add(1, Ordering::Relaxed);
+        let _ = session.input().send(InputMsg::Reader(reader));
+        let handle = self.handle.clone().expect("authenticated");
+        tokio::spawn(forward(handle, ch, session.config().tty, outputs));
+        tracing::info!(session = %id, channel = ch.0, "attached");
+        self.channels.insert(
+            ch,
+            Attached {
+                session,
+                subscription,
+                reader,
+            },
+        );
+        Ok(())
+    }
+
+    fn channel_request(&mut self, ch: ChannelId, name: &str, data: &[u8]) -> bool {
+        let Some(a) = self.channels.get(&ch) else { return false };
+        match name {
+            "ping" => data == b"Ping",
+            "unblock" => {
+                if let State::Failed(_) = a.session.state() {
+                    // VIC: refuse and close the channel when the launch failed.
+                    if let Some(h) = self.handle.clone() {
+                        tokio::spawn(async move {
+                            let _ = h.close(ch).await;
+                        });
+                    }
+                    return false;
+                }
+                a.session.unblock();
+                true
+            }
+            "window-change" => {
+                let mut r = wire::Reader::new(data);
+                match (r.u32(), r.u32(), r.u32(), r.u32()) {
+                    (Ok(c), Ok(rows), Ok(w), Ok(h)) => {
+                        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+                        a.session.set_window(clamp(c), clamp(rows), clamp(w), clamp(h))
+                    }
+                    _ => false,
+                }
+            }
+            "close-stdin" => a.session.input().send(InputMsg::CloseStdin).is_ok(),
+            "signal" => {
+                let name = wire::Reader::new(data).utf8().unwrap_or("");
+                match tether_proto::signal::parse(name) {
+                    Ok(sig) => a.session.signal(sig).is_ok(),
+                    Err(e) => {
+                        tracing::warn!("attach: {e}");
+                        false
+                    }
+                }
+            }
+            _ => false,
+        }
+    }
+
+    fn data(&mut self, ch: ChannelId, data: &[u8]) -> bool {
+        let Some(a) = self.channels.get(&ch) else { return true };
+        let handle = self.handle.clone();
+        let given_back = Box::new(move |n: usize| {
+            if let Some(h) = handle {
+                tokio::spawn(async move {
+                    let _ = h.adjust_window(ch, n as u32).await;
+                });
+            }
+        });
+        // The window is given back once the process has the bytes: a process that does not read
+        // its input holds the client back, never our memory.
+        a.session.input().send(InputMsg::Data(a.reader, data.to_vec(), given_back)).is_err()
+    }
+
+    fn eof(&mut self, ch: ChannelId) {
+        if let Some(a) = self.channels.get(&ch) {
+            let _ = a.session.input().send(InputMsg::ReaderEof(a.reader));
+        }
+    }
+
+    fn closed(&mut self, ch: ChannelId) {
+        if let Some(a) = self.channels.remove(&ch) {
+            // Detach: the process is left alone.
+            a.session.fanout.unsubscribe(a.subscription);
+            let _ = a.session.input().send(InputMsg::ReaderGone(a.reader));
+            tracing::info!(session = %a.session.id, channel = ch.0, "detached");
+        }
+    }
+}
+
+/// Sends a session's output to one channel; at the end `exit-status` (or `exit-signal`), EOF and
+/// CLOSE. Without a pty, stderr goes as extended data 1.
+async fn forward(h: Handle, ch: ChannelId, tty: bool, mut outputs: mpsc::Receiver<Output>) {
+    while let Some(out) = outputs.recv().await {
+        let sent = match out {
+            Output::Data(stream, bytes) => {
+                let ext = (stream == Stream::Stderr && !tty).then_some(1);
+                h.data(ch, ext, bytes.to_vec()).await
+            }
+            Output::Exit(exit) => {
+                let _ = match exit {
+                    Exit::Code(c) => h.channel_request(ch, "exit-status", false, (c as u32).to_be_bytes().to_vec()).await,
+                    Exit::Signal { signal, core_dumped } => {
+                        let name = tether_proto::signal::name(signal).unwrap_or_else(|| signal.to_string());
+                        let payload = wire::Writer::new().string(name).bool(core_dumped).string("").string("").finish();
+                        h.channel_request(ch, "exit-signal", false, payload).await
+                    }
+                };
+                let _ = h.eof(ch).await;
+                let _ = h.close(ch).await;
+                return;
+            }
+            Output::Failed(_) => {
+                let _ = h.eof(ch).await;
+                let _ = h.close(ch).await;
+                return;
+            }
+        };
+        if sent.is_err() {
+            return;
+        }
+    }
+}
