@@ -22,6 +22,8 @@ pub enum Event {
 
 /// How long the last SIGKILL to the process groups may take to be collected.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long attached clients get to take the end of their sessions.
+const CLIENT_GRACE: Duration = Duration::from_secs(2);
 
 pub struct Agent {
     ctx: Arc<Ctx>,
@@ -174,7 +176,9 @@ impl Agent {
 
     /// Starts the attach server once the config (and with it the host key) is known.
     fn start_attach_server(&self) {
-        let Some(spec) = self.ctx.settings.attach.clone() else { return };
+        let Some(spec) = self.ctx.settings.attach.clone() else {
+            return;
+        };
         let key = crate::attach::host_key(&self.cfg.key.0);
         let shared = crate::attach::Shared {
             registry: self.ctx.registry.clone(),
@@ -209,6 +213,18 @@ impl Agent {
                     self.live.keys().collect::<Vec<_>>()
                 );
             }
+        }
+        // Attached clients get the end of their sessions (exit status, EOF, CLOSE) before we go.
+        let clients_done = async {
+            for s in self.sessions.values() {
+                s.fanout.wait_empty().await;
+            }
+        };
+        if tokio::time::timeout(CLIENT_GRACE, clients_done)
+            .await
+            .is_err()
+        {
+            tracing::warn!("attached clients did not close within {CLIENT_GRACE:?}");
         }
         self.ctx.log.flush(None).await;
         // Every state write queued so far (the exits above among them) is done before we end.

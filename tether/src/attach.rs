@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use tether_proto::handshake;
 use tether_proto::iolog::Stream;
-use tether_proto::ssh::{self, msg, wire, ChannelId, Handle, Handler, OpenFailure, PrivateKey, PublicKey, ServerConfig};
+use tether_proto::ssh::{
+    self, msg, wire, ChannelId, Handle, Handler, OpenFailure, PrivateKey, PublicKey, ServerConfig,
+};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 
@@ -58,7 +60,12 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Line for T {}
 /// Opens the attach line: `tcp:HOST:PORT` and `unix:PATH` connect to the host, `serial:DEVICE`
 /// opens a serial port raw.
 async fn open(spec: &str) -> std::io::Result<Box<dyn Line>> {
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("unknown attach line {spec:?}"));
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("unknown attach line {spec:?}"),
+        )
+    };
     match spec.split_once(':').ok_or_else(bad)? {
         ("tcp", addr) => {
             let s = tokio::net::TcpStream::connect(addr).await?;
@@ -95,7 +102,9 @@ pub async fn run(spec: String, shared: Arc<Shared>) {
         let ok = loop {
             match handshake::serve(&mut line).await {
                 Ok(()) => break true,
-                Err(e) if e.retryable() => tracing::debug!("attach: {e}; waiting for the next attempt"),
+                Err(e) if e.retryable() => {
+                    tracing::debug!("attach: {e}; waiting for the next attempt")
+                }
                 Err(e) => {
                     tracing::debug!("attach: {e}");
                     break false;
@@ -174,7 +183,12 @@ impl Handler for Attach {
             }
             "version" => Some(VERSION.to_be_bytes().to_vec()),
             // Our extension: re-read the config (what SIGHUP does), for hosts without guest ops.
-            "reload" => self.shared.events.send(Event::Reload).ok().map(|()| Vec::new()),
+            "reload" => self
+                .shared
+                .events
+                .send(Event::Reload)
+                .ok()
+                .map(|()| Vec::new()),
             _ => None,
         }
     }
@@ -188,7 +202,9 @@ impl Handler for Attach {
             return Err(prohibited("attach channel requires ID in ExtraData".into()));
         }
         let id = String::from_utf8_lossy(extra).into_owned();
-        let session = self.session(&id).ok_or_else(|| prohibited(format!("session {id} is invalid")))?;
+        let session = self
+            .session(&id)
+            .ok_or_else(|| prohibited(format!("session {id} is invalid")))?;
         let (subscription, outputs) = session.fanout.subscribe();
         match session.state() {
             State::Failed(e) => {
@@ -197,7 +213,10 @@ impl Handler for Attach {
             }
             State::Exited(e) => {
                 session.fanout.unsubscribe(subscription);
-                return Err(prohibited(format!("process finished with exit code: {}", e.status())));
+                return Err(prohibited(format!(
+                    "process finished with exit code: {}",
+                    e.status()
+                )));
             }
             _ => {}
         }
@@ -218,7 +237,9 @@ impl Handler for Attach {
     }
 
     fn channel_request(&mut self, ch: ChannelId, name: &str, data: &[u8]) -> bool {
-        let Some(a) = self.channels.get(&ch) else { return false };
+        let Some(a) = self.channels.get(&ch) else {
+            return false;
+        };
         match name {
             "ping" => data == b"Ping",
             "unblock" => {
@@ -239,7 +260,8 @@ impl Handler for Attach {
                 match (r.u32(), r.u32(), r.u32(), r.u32()) {
                     (Ok(c), Ok(rows), Ok(w), Ok(h)) => {
                         let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
-                        a.session.set_window(clamp(c), clamp(rows), clamp(w), clamp(h))
+                        a.session
+                            .set_window(clamp(c), clamp(rows), clamp(w), clamp(h))
                     }
                     _ => false,
                 }
@@ -260,7 +282,9 @@ impl Handler for Attach {
     }
 
     fn data(&mut self, ch: ChannelId, data: &[u8]) -> bool {
-        let Some(a) = self.channels.get(&ch) else { return true };
+        let Some(a) = self.channels.get(&ch) else {
+            return true;
+        };
         let handle = self.handle.clone();
         let given_back = Box::new(move |n: usize| {
             if let Some(h) = handle {
@@ -271,7 +295,10 @@ impl Handler for Attach {
         });
         // The window is given back once the process has the bytes: a process that does not read
         // its input holds the client back, never our memory.
-        a.session.input().send(InputMsg::Data(a.reader, data.to_vec(), given_back)).is_err()
+        a.session
+            .input()
+            .send(InputMsg::Data(a.reader, data.to_vec(), given_back))
+            .is_err()
     }
 
     fn eof(&mut self, ch: ChannelId) {
@@ -301,10 +328,27 @@ async fn forward(h: Handle, ch: ChannelId, tty: bool, mut outputs: mpsc::Receive
             }
             Output::Exit(exit) => {
                 let _ = match exit {
-                    Exit::Code(c) => h.channel_request(ch, "exit-status", false, (c as u32).to_be_bytes().to_vec()).await,
-                    Exit::Signal { signal, core_dumped } => {
-                        let name = tether_proto::signal::name(signal).unwrap_or_else(|| signal.to_string());
-                        let payload = wire::Writer::new().string(name).bool(core_dumped).string("").string("").finish();
+                    Exit::Code(c) => {
+                        h.channel_request(
+                            ch,
+                            "exit-status",
+                            false,
+                            (c as u32).to_be_bytes().to_vec(),
+                        )
+                        .await
+                    }
+                    Exit::Signal {
+                        signal,
+                        core_dumped,
+                    } => {
+                        let name = tether_proto::signal::name(signal)
+                            .unwrap_or_else(|| signal.to_string());
+                        let payload = wire::Writer::new()
+                            .string(name)
+                            .bool(core_dumped)
+                            .string("")
+                            .string("")
+                            .finish();
                         h.channel_request(ch, "exit-signal", false, payload).await
                     }
                 };
@@ -312,7 +356,23 @@ async fn forward(h: Handle, ch: ChannelId, tty: bool, mut outputs: mpsc::Receive
                 let _ = h.close(ch).await;
                 return;
             }
-            Output::Failed(_) => {
+            Output::Failed(e) => {
+                // The reason on stderr and docker's code (125/126/127) as the exit status.
+                let _ = h
+                    .data(
+                        ch,
+                        (!tty).then_some(1),
+                        format!("{}\n", e.message).into_bytes(),
+                    )
+                    .await;
+                let _ = h
+                    .channel_request(
+                        ch,
+                        "exit-status",
+                        false,
+                        (e.exit_code as u32).to_be_bytes().to_vec(),
+                    )
+                    .await;
                 let _ = h.eof(ch).await;
                 let _ = h.close(ch).await;
                 return;

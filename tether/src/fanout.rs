@@ -27,6 +27,7 @@ pub enum Output {
 pub struct Fanout {
     clients: Mutex<Vec<(u64, mpsc::Sender<Output>)>>,
     next: AtomicU64,
+    emptied: tokio::sync::Notify,
 }
 
 impl Fanout {
@@ -38,7 +39,22 @@ impl Fanout {
     }
 
     pub fn unsubscribe(&self, id: u64) {
-        self.lock().retain(|(i, _)| *i != id);
+        let mut clients = self.lock();
+        clients.retain(|(i, _)| *i != id);
+        if clients.is_empty() {
+            self.emptied.notify_waiters();
+        }
+    }
+
+    /// Returns once no client is attached (each has seen the end and closed its channel).
+    pub async fn wait_empty(&self) {
+        loop {
+            let emptied = self.emptied.notified();
+            if self.is_empty() {
+                return;
+            }
+            emptied.await;
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<(u64, mpsc::Sender<Output>)>> {
@@ -47,14 +63,21 @@ impl Fanout {
 
     /// Hands `out` to every client; drops those that are full or gone.
     pub fn send(&self, out: Output) {
-        self.lock().retain(|(id, tx)| match tx.try_send(out.clone()) {
+        let mut clients = self.lock();
+        clients.retain(|(id, tx)| match tx.try_send(out.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::warn!(client = id, "an attached client fell {CLIENT_QUEUE} chunks behind; dropping it");
+                tracing::warn!(
+                    client = id,
+                    "an attached client fell {CLIENT_QUEUE} chunks behind; dropping it"
+                );
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         });
+        if clients.is_empty() {
+            self.emptied.notify_waiters();
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -76,8 +99,15 @@ mod tests {
             f.send(Output::Data(Stream::Stdout, chunk.clone()));
             while fast_rx.try_recv().is_ok() {}
         }
-        assert_eq!(f.lock().len(), 1, "the slow client is gone, the fast one stays");
+        assert_eq!(
+            f.lock().len(),
+            1,
+            "the slow client is gone, the fast one stays"
+        );
         f.send(Output::Exit(Exit::Code(0)));
-        assert!(matches!(fast_rx.try_recv(), Ok(Output::Exit(Exit::Code(0)))));
+        assert!(matches!(
+            fast_rx.try_recv(),
+            Ok(Output::Exit(Exit::Code(0)))
+        ));
     }
 }

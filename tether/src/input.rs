@@ -104,7 +104,9 @@ async fn write(target: &Option<(tokio::io::unix::AsyncFd<OwnedFd>, bool)>, data:
 async fn write_all(fd: &tokio::io::unix::AsyncFd<OwnedFd>, mut data: &[u8]) -> std::io::Result<()> {
     while !data.is_empty() {
         let mut guard = fd.writable().await?;
-        match guard.try_io(|inner| nix::unistd::write(inner.get_ref().as_fd(), data).map_err(Into::into)) {
+        match guard
+            .try_io(|inner| nix::unistd::write(inner.get_ref().as_fd(), data).map_err(Into::into))
+        {
             Ok(Ok(n)) => data = &data[n..],
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Ok(Err(e)) => return Err(e),

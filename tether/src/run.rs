@@ -155,10 +155,10 @@ pub fn init(cmdline: Option<String>) -> ! {
                 }
             };
             let settings = Settings {
-            attach: Some(boot.attach.clone()),
-            ..Settings::default()
-        };
-        serve(gi, output, level, settings)
+                attach: Some(boot.attach.clone()),
+                ..Settings::default()
+            };
+            serve(gi, output, level, settings)
         },
     ));
     match outcome {

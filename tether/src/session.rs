@@ -93,6 +93,9 @@ pub struct Session {
     input: mpsc::UnboundedSender<InputMsg>,
     /// The pty master while the process runs (for window changes).
     pty: Mutex<Option<OwnedFd>>,
+    /// The last window size asked for (cols, rows, width, height), applied to the pty when the
+    /// process starts: docker sends it before.
+    window: Mutex<Option<(u16, u16, u16, u16)>>,
     /// The process group of the last launch (its leader's pid), kept after the exit.
     pgid: Mutex<Option<i32>>,
 }
@@ -114,6 +117,7 @@ impl Session {
             fanout: Arc::new(Fanout::default()),
             input: input::start(),
             pty: Mutex::new(None),
+            window: Mutex::new(None),
             pgid: Mutex::new(None),
         })
     }
@@ -205,11 +209,16 @@ impl Session {
         self.input.clone()
     }
 
-    /// Sets the pty's window size; false when the session has no pty (or it is gone).
+    /// Sets the pty's window size (kept for the launch when the process has not started yet);
+    /// false when the session has no pty.
     pub fn set_window(&self, cols: u16, rows: u16, width: u16, height: u16) -> bool {
+        if !lock(&self.config).tty {
+            return false;
+        }
+        *lock(&self.window) = Some((cols, rows, width, height));
         match &*lock(&self.pty) {
             Some(fd) => sys::ioctl::set_window_size(fd, cols, rows, width, height).is_ok(),
-            None => false,
+            None => !matches!(self.state(), State::Exited(_) | State::Failed(_)),
         }
     }
 
@@ -352,6 +361,9 @@ impl Session {
         let (child_fds, outputs, stdin): (Vec<OwnedFd>, Vec<(OwnedFd, Stream)>, Option<OwnedFd>) =
             if cfg.tty {
                 let pty = sys::open_pty().map_err(|e| setup("allocating a pty", &e))?;
+                if let Some((c, r, w, h)) = *lock(&self.window) {
+                    let _ = sys::ioctl::set_window_size(&pty.master, c, r, w, h);
+                }
                 let input = pty.master.try_clone().map_err(|e| setup("dup", &e))?;
                 (
                     vec![pty.slave],
@@ -403,7 +415,14 @@ impl Session {
         });
         let mut pumps = Vec::new();
         for (fd, stream) in outputs {
-            match pump(fd, self.id.clone(), exec, stream, ctx.log.clone(), self.fanout.clone()) {
+            match pump(
+                fd,
+                self.id.clone(),
+                exec,
+                stream,
+                ctx.log.clone(),
+                self.fanout.clone(),
+            ) {
                 Ok(h) => pumps.push(h),
                 Err(e) => {
                     tracing::error!(session = %self.id, "cannot read the output of {pid}: {e}")

@@ -18,6 +18,32 @@ enum Command {
     /// Guestinfo served to a containerVM or a process-mode tether.
     #[command(subcommand)]
     Guestinfo(GuestinfoCommand),
+    /// Wait for a tether on the attach line, attach to a session and relay the terminal; exit
+    /// with the session's exit status.
+    Attach {
+        /// Where the tether connects: tcp:HOST:PORT or unix:PATH.
+        #[arg(long)]
+        listen: ListenAddr,
+        /// The session or exec (the only one when absent).
+        #[arg(long)]
+        id: Option<String>,
+        /// Relay a terminal (raw mode, window size).
+        #[arg(short, long)]
+        tty: bool,
+        /// Keys that detach and leave the container running.
+        #[arg(long, default_value = "ctrl-p,ctrl-q")]
+        detach_keys: String,
+        /// Seconds to wait for the tether.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// The tether's live sessions and execs.
+    Ps {
+        #[arg(long)]
+        listen: ListenAddr,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// Print a container's output.log (VIC's framed format) as plain text.
     Logs {
         /// The output.log file.
@@ -47,12 +73,77 @@ enum GuestinfoCommand {
     },
 }
 
+/// Accepts the tether, handshakes and connects, all within `deadline`.
+async fn connect(
+    listen: &ListenAddr,
+    deadline: std::time::Duration,
+) -> anyhow::Result<tether_proto::ssh::Handle> {
+    tokio::time::timeout(deadline, async {
+        let line = vch::attach::bind(listen).await?.accept().await?;
+        vch::attach::connect(line, deadline).await
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no tether connected within {deadline:?}"))?
+}
+
+/// Runs `f` on a runtime; its value is the exit status, an error is one line and status 125.
+fn run_async(f: impl std::future::Future<Output = anyhow::Result<i32>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vch: {e}");
+            return ExitCode::from(125);
+        }
+    };
+    match rt.block_on(f) {
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        Err(e) => {
+            eprintln!("vch: {e:#}");
+            ExitCode::from(125)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Attach {
+            listen,
+            id,
+            tty,
+            detach_keys,
+            timeout,
+        } => {
+            return run_async(async move {
+                let opts = vch::attach::AttachOptions {
+                    id,
+                    tty,
+                    detach_keys: vch::attach::parse_detach_keys(&detach_keys)?,
+                    deadline: std::time::Duration::from_secs(timeout),
+                };
+                let h = connect(&listen, opts.deadline).await?;
+                let status = vch::attach::attach(&h, &opts).await?;
+                h.disconnect("detached").await;
+                Ok(status.unwrap_or(0))
+            })
+        }
+        Command::Ps { listen, timeout } => {
+            return run_async(async move {
+                let h = connect(&listen, std::time::Duration::from_secs(timeout)).await?;
+                for id in vch::attach::container_ids(&h).await? {
+                    println!("{id}");
+                }
+                h.disconnect("done").await;
+                Ok(0)
+            })
+        }
         Command::Guestinfo(GuestinfoCommand::Serve { file, listen }) => serve_file(file, &listen),
         Command::Logs {
             file,

@@ -1,0 +1,299 @@
+//! `vch attach`: wait for the tether on the attach line, handshake, SSH, attach to a session and
+//! relay the terminal; exit with the session's exit status.
+
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use tether_proto::handshake;
+use tether_proto::ssh::{self, wire, ChannelEvent, ClientConfig, Handle};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+use crate::guestinfo_server::ListenAddr;
+
+/// How long to wait for the tether to connect and answer the handshake.
+pub const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
+
+pub struct AttachOptions {
+    pub id: Option<String>,
+    pub tty: bool,
+    /// The key sequence that detaches (bytes), empty for none.
+    pub detach_keys: Vec<u8>,
+    pub deadline: Duration,
+}
+
+/// Parses docker's detach-key syntax: `ctrl-p,ctrl-q`, `ctrl-@`, single characters.
+pub fn parse_detach_keys(spec: &str) -> anyhow::Result<Vec<u8>> {
+    spec.split(',')
+        .filter(|k| !k.is_empty())
+        .map(|k| {
+            if let Some(c) = k.strip_prefix("ctrl-") {
+                let c = c.as_bytes();
+                match c {
+                    [b @ b'a'..=b'z'] => Ok(b - b'a' + 1),
+                    [b'@'] => Ok(0),
+                    [b'['] => Ok(27),
+                    [b'\\'] => Ok(28),
+                    [b']'] => Ok(29),
+                    [b'^'] => Ok(30),
+                    [b'_'] => Ok(31),
+                    _ => bail!("unknown detach key {k:?}"),
+                }
+            } else if k.len() == 1 {
+                Ok(k.as_bytes()[0])
+            } else {
+                bail!("unknown detach key {k:?}")
+            }
+        })
+        .collect()
+}
+
+/// A byte stream to the tether.
+pub trait Line: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Line for T {}
+
+/// Where the tether will connect.
+pub enum Listening {
+    Tcp(tokio::net::TcpListener),
+    Unix(tokio::net::UnixListener),
+}
+
+/// Starts listening on `addr` (before the tether is started, so its first connect succeeds).
+pub async fn bind(addr: &ListenAddr) -> anyhow::Result<Listening> {
+    Ok(match addr {
+        ListenAddr::Tcp(a) => Listening::Tcp(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("listening on {a}"))?,
+        ),
+        ListenAddr::Unix(p) => {
+            let _ = std::fs::remove_file(p);
+            Listening::Unix(
+                tokio::net::UnixListener::bind(p)
+                    .with_context(|| format!("listening on {}", p.display()))?,
+            )
+        }
+    })
+}
+
+impl Listening {
+    /// The tether's connection.
+    pub async fn accept(&self) -> anyhow::Result<Box<dyn Line>> {
+        Ok(match self {
+            Listening::Tcp(l) => {
+                let (s, _) = l.accept().await?;
+                s.set_nodelay(true)?;
+                Box::new(s)
+            }
+            Listening::Unix(l) => Box::new(l.accept().await?.0),
+        })
+    }
+}
+
+/// Handshake and SSH on an accepted line.
+pub async fn connect(line: Box<dyn Line>, deadline: Duration) -> anyhow::Result<Handle> {
+    connect_with(line, deadline, ClientConfig::new("daemon")).await
+}
+
+/// [`connect`] with a given SSH client configuration.
+pub async fn connect_with(
+    mut line: Box<dyn Line>,
+    deadline: Duration,
+    config: ClientConfig,
+) -> anyhow::Result<Handle> {
+    handshake::connect_retrying(&mut line, Duration::from_secs(1), deadline)
+        .await
+        .context("the tether did not complete the handshake")?;
+    let (handle, _task) = ssh::connect(line, config, ssh::NoHandler)
+        .await
+        .context("SSH to the tether")?;
+    Ok(handle)
+}
+
+/// The tether's live session and exec IDs.
+pub async fn container_ids(h: &Handle) -> anyhow::Result<Vec<String>> {
+    let reply = h
+        .global_request("container-ids", true, Vec::new())
+        .await?
+        .context("the tether refused container-ids")?;
+    Ok(wire::Reader::new(&reply)
+        .name_list()
+        .context("a malformed container-ids reply")?
+        .into_iter()
+        .map(str::to_string)
+        .collect())
+}
+
+/// Attaches and relays until the session ends or the user detaches. Returns the exit status
+/// (`None` after a detach).
+pub async fn attach(h: &Handle, opts: &AttachOptions) -> anyhow::Result<Option<i32>> {
+    let ids = container_ids(h).await?;
+    let id = match &opts.id {
+        Some(id) => id.clone(),
+        None if ids.len() == 1 => ids[0].clone(),
+        None if ids.is_empty() => bail!("the tether runs no session"),
+        None => bail!(
+            "the tether runs several sessions ({}): name one with --id",
+            ids.join(", ")
+        ),
+    };
+    let mut ch = match h.open("attach", id.clone().into_bytes()).await? {
+        Ok(ch) => ch,
+        Err(f) => bail!("attaching to {id}: {}", f.description),
+    };
+    ch.request("ping", true, b"Ping".to_vec()).await?;
+    let tty = opts.tty && std::io::stdin().is_terminal();
+    let _raw = if tty {
+        Some(crate::sys::RawMode::enter()?)
+    } else {
+        None
+    };
+    if tty {
+        send_window(&ch.handle, ch.id).await;
+    }
+    ch.request("unblock", true, b"Unblock".to_vec()).await?;
+    let detached = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let input = tokio::spawn(relay_stdin(
+        ch.handle.clone(),
+        ch.id,
+        tty,
+        opts.detach_keys.clone(),
+        detached.clone(),
+    ));
+    let winch = if tty {
+        Some(tokio::spawn(watch_window(ch.handle.clone(), ch.id)))
+    } else {
+        None
+    };
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let mut status = None;
+    while let Some(ev) = ch.recv().await {
+        match ev {
+            ChannelEvent::Data(d) => {
+                stdout.write_all(&d).await?;
+                stdout.flush().await?;
+            }
+            ChannelEvent::ExtendedData(_, d) => {
+                stderr.write_all(&d).await?;
+                stderr.flush().await?;
+            }
+            ChannelEvent::Request { name, data } => status = exit_status(&name, &data).or(status),
+            ChannelEvent::Eof => {}
+            ChannelEvent::Closed => break,
+        }
+    }
+    input.abort();
+    if let Some(w) = winch {
+        w.abort();
+    }
+    if detached.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(None);
+    }
+    Ok(Some(status.unwrap_or(125)))
+}
+
+/// `exit-status` gives the code; `exit-signal` 128 + the signal's number.
+fn exit_status(name: &str, data: &[u8]) -> Option<i32> {
+    let mut r = wire::Reader::new(data);
+    match name {
+        "exit-status" => r.u32().ok().map(|c| c as i32),
+        "exit-signal" => {
+            let sig = r.utf8().ok()?;
+            Some(128 + tether_proto::signal::parse(sig).unwrap_or(0))
+        }
+        _ => None,
+    }
+}
+
+async fn send_window(h: &Handle, ch: ssh::ChannelId) {
+    if let Some((cols, rows)) = crate::sys::window_size(&std::io::stdin()) {
+        let data = wire::Writer::new()
+            .u32(cols.into())
+            .u32(rows.into())
+            .u32(0)
+            .u32(0)
+            .finish();
+        let _ = h.channel_request(ch, "window-change", true, data).await;
+    }
+}
+
+async fn watch_window(h: Handle, ch: ssh::ChannelId) {
+    let Ok(mut winch) =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::window_change())
+    else {
+        return;
+    };
+    while winch.recv().await.is_some() {
+        send_window(&h, ch).await;
+    }
+}
+
+/// Stdin to the channel. EOF becomes `close-stdin` and a channel EOF; the detach keys (on a tty)
+/// close the channel and leave the process running.
+async fn relay_stdin(
+    h: Handle,
+    ch: ssh::ChannelId,
+    tty: bool,
+    keys: Vec<u8>,
+    detached: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut matched = 0usize;
+    loop {
+        let n = match stdin.read(&mut buf).await {
+            Ok(0) | Err(_) => {
+                let _ = h.channel_request(ch, "close-stdin", true, Vec::new()).await;
+                let _ = h.eof(ch).await;
+                return;
+            }
+            Ok(n) => n,
+        };
+        let mut out = Vec::with_capacity(n);
+        for &b in &buf[..n] {
+            if tty && !keys.is_empty() && b == keys[matched] {
+                matched += 1;
+                if matched == keys.len() {
+                    detached.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = h.data(ch, None, out).await;
+                    let _ = h.close(ch).await;
+                    return;
+                }
+                continue;
+            }
+            out.extend_from_slice(&keys[..matched]);
+            matched = 0;
+            out.push(b);
+        }
+        if !out.is_empty() && h.data(ch, None, out).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detach_keys_as_docker_writes_them() {
+        assert_eq!(parse_detach_keys("ctrl-p,ctrl-q").unwrap(), [16, 17]);
+        assert_eq!(parse_detach_keys("ctrl-@,a").unwrap(), [0, b'a']);
+        assert!(parse_detach_keys("ctrl-pp").is_err());
+        assert!(parse_detach_keys("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn exit_status_and_signal() {
+        assert_eq!(exit_status("exit-status", &[0, 0, 0, 7]), Some(7));
+        let sig = wire::Writer::new()
+            .string("KILL")
+            .bool(false)
+            .string("")
+            .string("")
+            .finish();
+        assert_eq!(exit_status("exit-signal", &sig), Some(137));
+        assert_eq!(exit_status("other", &[]), None);
+    }
+}

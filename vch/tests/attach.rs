@@ -1,0 +1,483 @@
+//! `tether run --attach tcp:…` against `vch attach --listen …`, and against the attach protocol
+//! driven directly (resize, reattach, several sessions).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tether_proto::config::{Cmd, ExecutorConfig, SessionConfig};
+use tether_proto::extraconfig::KeyValues;
+use tether_proto::guestinfo::vmx::{self, VmxFile};
+use tether_proto::ssh::{wire, ChannelEvent};
+use vch::guestinfo_server::ListenAddr;
+
+const ID: &str = "c0ffee";
+
+/// The tether binary of this workspace, built if needed.
+fn tether_bin() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-q", "-p", "tether"])
+                .status()
+                .expect("cargo");
+            assert!(status.success(), "building the tether");
+            PathBuf::from(env!("CARGO_BIN_EXE_vch")).with_file_name("tether")
+        })
+        .clone()
+}
+
+fn session(args: &[&str]) -> SessionConfig {
+    SessionConfig {
+        active: true,
+        cmd: Cmd {
+            path: args[0].into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: vec!["PATH=/usr/bin:/bin".into()],
+            dir: "/".into(),
+        },
+        ..SessionConfig::default()
+    }
+}
+
+fn config(primary: SessionConfig) -> ExecutorConfig {
+    let mut c = ExecutorConfig::default();
+    c.common.id = ID.into();
+    c.sessions.insert(ID.into(), primary);
+    c
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Tether {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Tether {
+    fn start(cfg: &ExecutorConfig, port: u16, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("gi.vmx");
+        VmxFile::create(&file, cfg.encode().into_iter().collect::<KeyValues>()).unwrap();
+        let child = Command::new(tether_bin())
+            .args(["run", "--guestinfo"])
+            .arg(&file)
+            .args(["--attach", &format!("tcp:127.0.0.1:{port}"), "--debug-log"])
+            .arg(dir.path().join("debug"))
+            .args(extra)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        Self { child, dir }
+    }
+
+    fn state(&self) -> ExecutorConfig {
+        let mut kv: KeyValues = vmx::load(&self.dir.path().join("gi.vmx")).unwrap();
+        ExecutorConfig::decode(&mut kv).unwrap().0
+    }
+
+    fn wait(&mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the tether did not end");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Tether {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `vch attach` with `stdin`, started before the tether; returns its output.
+fn vch_attach(
+    port: u16,
+    args: &[&str],
+    stdin: &[u8],
+    cfg: &ExecutorConfig,
+    tether_args: &[&str],
+) -> (Output, Tether) {
+    use std::io::Write as _;
+    let mut vch = Command::new(env!("CARGO_BIN_EXE_vch"))
+        .args([
+            "attach",
+            "--listen",
+            &format!("tcp:127.0.0.1:{port}"),
+            "--timeout",
+            "30",
+        ])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The tether connects (and reconnects) until vch listens.
+    let tether = Tether::start(cfg, port, tether_args);
+    vch.stdin.take().unwrap().write_all(stdin).unwrap();
+    (vch.wait_with_output().unwrap(), tether)
+}
+
+#[test]
+fn echo_through_cat_with_separate_streams_close_stdin_and_exit_status() {
+    let mut s = session(&["/bin/sh", "-c", "cat; echo to-stderr >&2; exit 4"]);
+    s.open_stdin = true;
+    s.run_block = true;
+    let port = free_port();
+    let (out, mut tether) = vch_attach(
+        port,
+        &[],
+        b"hello\nworld\n",
+        &config(s),
+        &["--runblock-timeout", "30"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"hello\nworld\n");
+    assert_eq!(out.stderr, b"to-stderr\n");
+    assert!(tether.wait().success());
+    assert_eq!(tether.state().sessions[ID].exit_status, 4);
+}
+
+#[test]
+fn a_signal_death_exits_128_plus_n_and_a_missing_binary_127_with_its_reason() {
+    let mut s = session(&["/bin/sh", "-c", "kill -TERM $$"]);
+    s.run_block = true;
+    let (out, _t) = vch_attach(
+        free_port(),
+        &[],
+        b"",
+        &config(s),
+        &["--runblock-timeout", "30"],
+    );
+    assert_eq!(out.status.code(), Some(143));
+
+    let mut s = session(&["/not/there"]);
+    s.run_block = true;
+    let (out, _t) = vch_attach(
+        free_port(),
+        &[],
+        b"",
+        &config(s),
+        &["--runblock-timeout", "30"],
+    );
+    assert_eq!(out.status.code(), Some(127));
+    assert_eq!(out.stderr, b"stat /not/there: no such file or directory\n");
+}
+
+#[test]
+fn window_change_without_a_pty_is_refused() {
+    let mut s = session(&["sleep", "30"]);
+    s.run_block = true;
+    with_tether(&config(s), |h| async move {
+        let ch = h
+            .open("attach", ID.as_bytes().to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        let size = wire::Writer::new().u32(80).u32(24).u32(0).u32(0).finish();
+        assert!(!ch.request("window-change", true, size).await.unwrap());
+    });
+}
+
+#[test]
+fn an_invalid_id_is_refused_with_vics_text() {
+    let s = session(&["sleep", "30"]);
+    let (out, _t) = vch_attach(free_port(), &["--id", "nope"], b"", &config(s), &[]);
+    assert_eq!(out.status.code(), Some(125));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "vch: attaching to nope: session nope is invalid\n"
+    );
+}
+
+#[test]
+fn no_tether_is_a_one_line_error_not_a_hang() {
+    let t0 = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_vch"))
+        .args([
+            "attach",
+            "--listen",
+            &format!("tcp:127.0.0.1:{}", free_port()),
+            "--timeout",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "vch: no tether connected within 1s\n"
+    );
+}
+
+#[test]
+fn echo_hi_arrives_every_time() {
+    // Short-lived output is never lost to an attached client (VIC #6749, #1129).
+    for i in 0..1000 {
+        let mut s = session(&["echo", "hi"]);
+        s.run_block = true;
+        let (out, _t) = vch_attach(
+            free_port(),
+            &[],
+            b"",
+            &config(s),
+            &["--runblock-timeout", "30"],
+        );
+        assert_eq!(
+            (out.status.code(), out.stdout.as_slice()),
+            (Some(0), &b"hi\n"[..]),
+            "run {i}"
+        );
+    }
+}
+
+/// Drives the attach protocol directly: `f` gets the SSH handle once the tether is connected.
+fn with_tether<F, Fut>(cfg: &ExecutorConfig, f: F) -> Tether
+where
+    F: FnOnce(tether_proto::ssh::Handle) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    with_tether_as(cfg, tether_proto::ssh::ClientConfig::new("daemon"), f)
+}
+
+fn with_tether_as<F, Fut>(
+    cfg: &ExecutorConfig,
+    client: tether_proto::ssh::ClientConfig,
+    f: F,
+) -> Tether
+where
+    F: FnOnce(tether_proto::ssh::Handle) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = free_port();
+    let addr = ListenAddr::Tcp(format!("127.0.0.1:{port}"));
+    let listener = rt.block_on(vch::attach::bind(&addr)).unwrap();
+    let tether = Tether::start(cfg, port, &["--runblock-timeout", "30"]);
+    rt.block_on(async move {
+        let line = listener.accept().await.unwrap();
+        let h = vch::attach::connect_with(line, Duration::from_secs(30), client)
+            .await
+            .unwrap();
+        f(h.clone()).await;
+        h.disconnect("test done").await;
+    });
+    tether
+}
+
+async fn read_until(ch: &mut tether_proto::ssh::Channel, want: &[u8]) -> Vec<u8> {
+    let mut got = Vec::new();
+    while !got.windows(want.len()).any(|w| w == want) {
+        match tokio::time::timeout(Duration::from_secs(20), ch.recv())
+            .await
+            .expect("output in time")
+        {
+            Some(ChannelEvent::Data(d)) => got.extend(d),
+            Some(ChannelEvent::Closed) | None => panic!(
+                "closed before {:?}; got {:?}",
+                String::from_utf8_lossy(want),
+                String::from_utf8_lossy(&got)
+            ),
+            _ => {}
+        }
+    }
+    got
+}
+
+#[test]
+fn tty_session_gets_the_window_size_and_its_changes() {
+    let mut s = session(&["/bin/sh", "-c", "stty size; read x; stty size"]);
+    s.tty = true;
+    s.run_block = true;
+    with_tether(&config(s), |h| async move {
+        let mut ch = h
+            .open("attach", ID.as_bytes().to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        let size = |c: u32, r: u32| wire::Writer::new().u32(c).u32(r).u32(0).u32(0).finish();
+        // As docker does, the size comes before the process starts; it is kept for the pty.
+        assert!(ch
+            .request("window-change", true, size(100, 40))
+            .await
+            .unwrap());
+        assert!(ch
+            .request("unblock", true, b"Unblock".to_vec())
+            .await
+            .unwrap());
+        read_until(&mut ch, b"40 100").await;
+        assert!(ch
+            .request("window-change", true, size(132, 50))
+            .await
+            .unwrap());
+        ch.data(b"\n".to_vec()).await.unwrap();
+        read_until(&mut ch, b"50 132").await;
+    });
+}
+
+#[test]
+fn ten_detach_reattach_cycles_each_see_only_their_own_echo() {
+    let mut s = session(&["cat"]);
+    s.open_stdin = true;
+    let mut t = with_tether(&config(s), |h| async move {
+        for i in 0..10 {
+            let mut ch = h
+                .open("attach", ID.as_bytes().to_vec())
+                .await
+                .unwrap()
+                .unwrap();
+            let line = format!("cycle {i}\n");
+            ch.data(line.clone().into_bytes()).await.unwrap();
+            let got = read_until(&mut ch, line.as_bytes()).await;
+            assert_eq!(got, line.as_bytes(), "cycle {i}");
+            if i == 9 {
+                assert!(ch.request("close-stdin", true, Vec::new()).await.unwrap());
+                ch.eof().await.unwrap();
+                while let Some(ev) = ch.recv().await {
+                    if ev == ChannelEvent::Closed {
+                        break;
+                    }
+                }
+            } else {
+                ch.close().await.unwrap(); // detach: cat keeps running
+            }
+        }
+    });
+    assert!(t.wait().success());
+}
+
+#[test]
+fn three_sessions_multiplexed_and_signal_delivered() {
+    let mut cfg = config(session(&["sleep", "60"]));
+    for name in ["one", "two"] {
+        let mut s = session(&["cat"]);
+        s.open_stdin = true;
+        cfg.sessions.insert(name.into(), s);
+    }
+    let mut t = with_tether(&cfg, |h| async move {
+        let mut ids = vch::attach::container_ids(&h).await.unwrap();
+        ids.sort();
+        assert_eq!(ids, ["c0ffee", "one", "two"]);
+        let v = h
+            .global_request("version", true, Vec::new())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(v, [0, 0, 0, 10]);
+        let mut one = h.open("attach", b"one".to_vec()).await.unwrap().unwrap();
+        let mut two = h.open("attach", b"two".to_vec()).await.unwrap().unwrap();
+        one.data(b"to one\n".to_vec()).await.unwrap();
+        two.data(b"to two\n".to_vec()).await.unwrap();
+        assert_eq!(read_until(&mut one, b"to one\n").await, b"to one\n");
+        assert_eq!(read_until(&mut two, b"to two\n").await, b"to two\n");
+        // `signal` (VIC left it unimplemented) ends the primary: the container stops.
+        let mut primary = h
+            .open("attach", ID.as_bytes().to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        let term = wire::Writer::new().string("TERM").finish();
+        assert!(primary.request("signal", true, term).await.unwrap());
+        let mut status = None;
+        while let Some(ev) = primary.recv().await {
+            if let ChannelEvent::Request { name, data } = &ev {
+                status = Some((name.clone(), data.clone()));
+            }
+            if ev == ChannelEvent::Closed {
+                break;
+            }
+        }
+        let (name, data) = status.expect("an exit report");
+        assert_eq!(name, "exit-signal");
+        assert_eq!(wire::Reader::new(&data).utf8().unwrap(), "TERM");
+    });
+    assert!(t.wait().success());
+    assert_eq!(t.state().sessions[ID].exit_status, 143);
+}
+
+#[test]
+fn vics_client_profile_through_the_whole_attach_flow() {
+    use tether_proto::ssh::{
+        cipher, kex, keys, ClientConfig, HostKeyCheck, Preferences, PrivateKey,
+    };
+    // The container's host key as VIC makes it: PEM PKCS#1 RSA, 512 bits, in guestinfo.vice./key.
+    let pem = include_str!("../../proto/tests/data/rsa512.pem");
+    let mut s = session(&["/bin/sh", "-c", "stty size; cat"]);
+    s.tty = true;
+    s.run_block = true;
+    let mut cfg = config(s);
+    cfg.key = tether_proto::extraconfig::Bytes(pem.as_bytes().to_vec());
+    let mut vic = ClientConfig::new("daemon");
+    vic.version = "SSH-2.0-VIC".into();
+    vic.prefs = Preferences {
+        kex: vec![kex::CURVE25519_LIBSSH.into()],
+        host_keys: vec![keys::SSH_RSA.into()],
+        ciphers: vec![cipher::AES128_CTR.into()],
+        macs: vec![cipher::HMAC_SHA256_ETM.into()],
+    };
+    vic.host_key = HostKeyCheck::Pinned(PrivateKey::from_pem(pem).unwrap().public());
+    let mut t = with_tether_as(&cfg, vic, |h| async move {
+        assert_eq!(vch::attach::container_ids(&h).await.unwrap(), [ID]);
+        assert_eq!(
+            h.global_request("version", true, Vec::new())
+                .await
+                .unwrap()
+                .unwrap(),
+            [0, 0, 0, 10]
+        );
+        let mut ch = h
+            .open("attach", ID.as_bytes().to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(ch.request("ping", true, b"Ping".to_vec()).await.unwrap());
+        let size = wire::Writer::new().u32(80).u32(24).u32(0).u32(0).finish();
+        assert!(ch.request("window-change", true, size).await.unwrap());
+        assert!(ch
+            .request("unblock", true, b"Unblock".to_vec())
+            .await
+            .unwrap());
+        read_until(&mut ch, b"24 80").await;
+        ch.data(b"typed\n".to_vec()).await.unwrap();
+        read_until(&mut ch, b"typed\r\ntyped\r\n").await;
+        assert!(ch.request("close-stdin", true, Vec::new()).await.unwrap());
+        ch.eof().await.unwrap();
+        let mut saw_eof = false;
+        while let Some(ev) = ch.recv().await {
+            saw_eof |= ev == ChannelEvent::Eof;
+            if ev == ChannelEvent::Closed {
+                break;
+            }
+        }
+        assert!(saw_eof, "EOF before CLOSE");
+    });
+    assert!(t.wait().success());
+    assert_eq!(t.state().sessions[ID].exit_status, 0);
+}
