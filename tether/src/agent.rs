@@ -35,6 +35,7 @@ pub struct Agent {
     finished: mpsc::UnboundedReceiver<String>,
     loaded_once: bool,
     on_debug_level: Box<dyn Fn(i32) + Send>,
+    attach: Option<std::sync::Arc<crate::attach::Shared>>,
 }
 
 /// Why the agent ended.
@@ -60,6 +61,7 @@ impl Agent {
             finished,
             loaded_once: false,
             on_debug_level,
+            attach: None,
         }
     }
 
@@ -166,16 +168,22 @@ impl Agent {
         if first {
             self.start_attach_server();
         }
+        let new_execs = to_start.iter().any(|s| s.kind == SessionKind::Exec);
         for s in to_start {
             let is_primary = primary.as_deref() == Some(&*s.id);
             self.live.insert(s.id.to_string(), ());
             tokio::spawn(s.clone().run(self.ctx.clone(), is_primary));
         }
+        if new_execs && !first {
+            if let Some(a) = &self.attach {
+                a.push_exec_ids();
+            }
+        }
         Ok(())
     }
 
     /// Starts the attach server once the config (and with it the host key) is known.
-    fn start_attach_server(&self) {
+    fn start_attach_server(&mut self) {
         let Some(spec) = self.ctx.settings.attach.clone() else {
             return;
         };
@@ -185,9 +193,12 @@ impl Agent {
             events: self.ctx.events.clone(),
             server: std::sync::Arc::new(tether_proto::ssh::ServerConfig::new(vec![key])),
             authorized: None,
+            connections: Default::default(),
         };
+        let shared = std::sync::Arc::new(shared);
+        self.attach = Some(shared.clone());
         tracing::info!("attach server on {spec}");
-        tokio::spawn(crate::attach::run(spec, std::sync::Arc::new(shared)));
+        tokio::spawn(crate::attach::run(spec, shared));
     }
 
     /// Stops every session: the stop signal, then SIGKILL to the process groups after the stop

@@ -34,6 +34,31 @@ pub struct Shared {
     pub server: Arc<ServerConfig>,
     /// When set, only this client key is accepted (and `none` is refused).
     pub authorized: Option<PublicKey>,
+    /// The connections to hosts, for pushing `container-ids`.
+    pub connections: Mutex<Vec<Handle>>,
+}
+
+impl Shared {
+    /// Tells every connected host the live exec IDs (after a reload started new execs), as VIC's
+    /// tether does, so the host can attach to them.
+    pub fn push_exec_ids(&self) {
+        let mut ids: Vec<String> = lock(&self.registry)
+            .iter()
+            .filter(|(_, s)| s.kind == tether_proto::config::SessionKind::Exec && s.live())
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let payload = wire::Writer::new().name_list(&refs).finish();
+        let mut connections = lock(&self.connections);
+        connections.retain(|h| !h.is_closed());
+        for h in connections.iter().cloned() {
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                let _ = h.global_request("container-ids", true, payload).await;
+            });
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -158,6 +183,7 @@ fn prohibited(text: String) -> OpenFailure {
 
 impl Handler for Attach {
     fn connected(&mut self, handle: Handle) {
+        lock(&self.shared.connections).push(handle.clone());
         self.handle = Some(handle);
     }
 

@@ -292,6 +292,7 @@ impl Session {
                     "a failed launch",
                     gi::failed_state(self.kind, &self.id, e.exit_code, &e.message),
                 );
+                ctx.gi.sync().await;
                 self.fanout.send(Output::Failed(e.clone()));
                 self.set_state(State::Failed(e));
                 return false;
@@ -330,11 +331,13 @@ impl Session {
         let status = exit.status();
         tracing::info!(session = %self.id, pid, ?exit, status, "exited");
         self.set_state(State::Exited(exit));
-        self.fanout.send(Output::Exit(exit));
         ctx.publish(
             "an exit",
             gi::exited_state(self.kind, &self.id, status, gi::now_secs()),
         );
+        // A client that sees the exit finds it in guestinfo too.
+        ctx.gi.sync().await;
+        self.fanout.send(Output::Exit(exit));
         true
     }
 

@@ -97,14 +97,24 @@ pub async fn connect(line: Box<dyn Line>, deadline: Duration) -> anyhow::Result<
 
 /// [`connect`] with a given SSH client configuration.
 pub async fn connect_with(
+    line: Box<dyn Line>,
+    deadline: Duration,
+    config: ClientConfig,
+) -> anyhow::Result<Handle> {
+    connect_handler(line, deadline, config, ssh::NoHandler).await
+}
+
+/// [`connect_with`], with a handler for what the tether sends (its `container-ids` pushes).
+pub async fn connect_handler<H: ssh::Handler>(
     mut line: Box<dyn Line>,
     deadline: Duration,
     config: ClientConfig,
+    handler: H,
 ) -> anyhow::Result<Handle> {
     handshake::connect_retrying(&mut line, Duration::from_secs(1), deadline)
         .await
         .context("the tether did not complete the handshake")?;
-    let (handle, _task) = ssh::connect(line, config, ssh::NoHandler)
+    let (handle, _task) = ssh::connect(line, config, handler)
         .await
         .context("SSH to the tether")?;
     Ok(handle)

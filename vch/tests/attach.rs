@@ -481,3 +481,96 @@ fn vics_client_profile_through_the_whole_attach_flow() {
     assert!(t.wait().success());
     assert_eq!(t.state().sessions[ID].exit_status, 0);
 }
+
+/// Records the `container-ids` the tether pushes.
+struct Pushes(tokio::sync::mpsc::UnboundedSender<Vec<String>>);
+
+impl tether_proto::ssh::Handler for Pushes {
+    fn global_request(&mut self, name: &str, data: &[u8]) -> Option<Vec<u8>> {
+        if name != "container-ids" {
+            return None;
+        }
+        let ids = wire::Reader::new(data).name_list().ok()?;
+        let _ = self.0.send(ids.into_iter().map(str::to_string).collect());
+        Some(Vec::new())
+    }
+}
+
+#[test]
+fn exec_by_reload_request_is_pushed_to_the_host_and_attachable() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = free_port();
+    let listener = rt
+        .block_on(vch::attach::bind(&ListenAddr::Tcp(format!(
+            "127.0.0.1:{port}"
+        ))))
+        .unwrap();
+    let t = Tether::start(&config(session(&["sleep", "30"])), port, &[]);
+    let file = t.dir.path().join("gi.vmx");
+    rt.block_on(async move {
+        let (tx, mut pushed) = tokio::sync::mpsc::unbounded_channel();
+        let line = listener.accept().await.unwrap();
+        let client = tether_proto::ssh::ClientConfig::new("daemon");
+        let h = vch::attach::connect_handler(line, Duration::from_secs(30), client, Pushes(tx))
+            .await
+            .unwrap();
+        // The VCH adds an exec (RunBlock, so that nothing is missed), then asks for a reload.
+        VmxFile::open(&file)
+            .unwrap()
+            .update(|kv| {
+                let mut e = session(&["/bin/sh", "-c", "echo from-exec; exit 3"]);
+                e.run_block = true;
+                let mut c = ExecutorConfig::default();
+                c.execs.insert("e1".into(), e);
+                for (k, v) in c.encode() {
+                    if k.contains("execs") {
+                        kv.insert(k, v);
+                    }
+                }
+            })
+            .unwrap();
+        assert_eq!(
+            h.global_request("reload", true, Vec::new()).await.unwrap(),
+            Some(Vec::new())
+        );
+        let ids = tokio::time::timeout(Duration::from_secs(20), pushed.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(ids, ["e1"]);
+        let mut ch = h.open("attach", b"e1".to_vec()).await.unwrap().unwrap();
+        assert!(ch
+            .request("unblock", true, b"Unblock".to_vec())
+            .await
+            .unwrap());
+        let mut out = Vec::new();
+        let mut status = None;
+        while let Some(ev) = ch.recv().await {
+            match ev {
+                ChannelEvent::Data(d) => out.extend(d),
+                ChannelEvent::Request { name, data } if name == "exit-status" => {
+                    status = Some(data)
+                }
+                ChannelEvent::Closed => break,
+                _ => {}
+            }
+        }
+        assert_eq!(
+            (out.as_slice(), status),
+            (&b"from-exec\n"[..], Some(vec![0, 0, 0, 3]))
+        );
+        h.disconnect("done").await;
+    });
+    let state = t.state();
+    assert_eq!(
+        (
+            state.execs["e1"].started.as_str(),
+            state.execs["e1"].exit_status
+        ),
+        ("true", 3)
+    );
+}

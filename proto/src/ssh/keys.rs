@@ -323,6 +323,28 @@ mod tests {
     }
 
     #[test]
+    fn pkcs8_keys_from_openssl() {
+        let dir = tempfile::tempdir().unwrap();
+        for (alg, want) in [("ed25519", SSH_ED25519), ("rsa", RSA_SHA2_512)] {
+            let path = dir.path().join(alg);
+            let ok = std::process::Command::new("openssl")
+                .args(["genpkey", "-algorithm", alg, "-out"])
+                .arg(&path)
+                .status();
+            if !ok.is_ok_and(|s| s.success()) {
+                eprintln!("skipped: openssl cannot make a PKCS#8 {alg} key here");
+                return;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"));
+            let k = PrivateKey::from_pem(&text).unwrap();
+            assert_eq!(k.algorithms()[0], want);
+            let sig = k.sign(want, b"m").unwrap();
+            k.public().verify(want, b"m", &sig).unwrap();
+        }
+    }
+
+    #[test]
     fn malformed_blobs_are_errors() {
         for blob in [
             &b""[..],
