@@ -52,8 +52,8 @@ impl Shared {
         let payload = wire::Writer::new().name_list(&refs).finish();
         let mut connections = lock(&self.connections);
         connections.retain(|h| !h.is_closed());
-        for h in connections.iter().cloned() {
-            let payload = payload.clone();
+        for h in connections.iter() {
+            let (h, payload) = (h.clone(), payload.clone());
             tokio::spawn(async move {
                 let _ = h.global_request("container-ids", true, payload).await;
             });
