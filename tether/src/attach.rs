@@ -100,6 +100,8 @@ async fn open(spec: &str) -> std::io::Result<Box<dyn Line>> {
         ("unix", path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
         ("serial", dev) => {
             let file = crate::sys::serial::open_raw(std::path::Path::new(dev), false)?;
+            // The runtime needs it non-blocking (the "unchecked" constructors do not set it).
+            crate::sys::set_nonblocking(&file)?;
             let write = file.try_clone()?;
             let r = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(file.into())?;
             let w = tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(write.into())?;

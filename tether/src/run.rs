@@ -103,11 +103,6 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
     if let Err(e) = crate::sys::become_subreaper() {
         tracing::warn!("cannot become a subreaper ({e}); orphans go to the real init");
     }
-    if let Some(a) = &opts.attach {
-        tracing::warn!(
-            "attach transport {a}: the attach server is not built yet; running without it"
-        );
-    }
     let settings = Settings {
         drain_timeout: secs(opts.drain_timeout),
         runblock_timeout: secs(opts.runblock_timeout),

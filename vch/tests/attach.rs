@@ -574,3 +574,74 @@ fn exec_by_reload_request_is_pushed_to_the_host_and_attachable() {
         ("true", 3)
     );
 }
+
+#[test]
+fn attach_over_a_serial_line() {
+    use std::os::fd::AsRawFd as _;
+    // A pty pair stands in for the VM's COM1: the tether opens the slave as its serial port.
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave_path =
+        std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd())).unwrap();
+    let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+    nix::sys::termios::cfmakeraw(&mut t);
+    nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gi.vmx");
+    let mut s = session(&["/bin/sh", "-c", "echo over serial; exit 9"]);
+    s.run_block = true;
+    VmxFile::create(&file, config(s).encode().into_iter().collect::<KeyValues>()).unwrap();
+    let mut tether = Command::new(tether_bin())
+        .args(["run", "--runblock-timeout", "30", "--guestinfo"])
+        .arg(&file)
+        .arg("--attach")
+        .arg(format!("serial:{}", slave_path.display()))
+        .arg("--debug-log")
+        .arg(dir.path().join("debug"))
+        .spawn()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let master = pty.master;
+        let flags = nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(flags)).unwrap();
+        let write = master.try_clone().unwrap();
+        let r = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(master).unwrap();
+        let w = tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(write).unwrap();
+        let line: Box<dyn vch::attach::Line> = Box::new(tokio::io::join(r, w));
+        let h = vch::attach::connect(line, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let mut ch = h
+            .open("attach", ID.as_bytes().to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(ch
+            .request("unblock", true, b"Unblock".to_vec())
+            .await
+            .unwrap());
+        let mut out = Vec::new();
+        let mut status = None;
+        while let Some(ev) = ch.recv().await {
+            match ev {
+                ChannelEvent::Data(d) => out.extend(d),
+                ChannelEvent::Request { name, data } if name == "exit-status" => {
+                    status = Some(data)
+                }
+                ChannelEvent::Closed => break,
+                _ => {}
+            }
+        }
+        assert_eq!(
+            (out.as_slice(), status),
+            (&b"over serial\n"[..], Some(vec![0, 0, 0, 9]))
+        );
+    });
+    drop(pty.slave);
+    assert!(tether.wait().unwrap().success());
+}
