@@ -298,7 +298,8 @@ impl Handler for Attach {
             "signal" => {
                 let name = wire::Reader::new(data).utf8().unwrap_or("");
                 match tether_proto::signal::parse(name) {
-                    Ok(sig) => a.session.signal(sig).is_ok(),
+                    // Delivered only to a running process (not one still waiting to start).
+                    Ok(sig) => a.session.pid().is_some() && a.session.signal(sig).is_ok(),
                     Err(e) => {
                         tracing::warn!("attach: {e}");
                         false

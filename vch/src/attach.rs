@@ -307,3 +307,43 @@ mod tests {
         assert_eq!(exit_status("other", &[]), None);
     }
 }
+
+/// Sends signal `sig` (a name or number) to session `id`'s process through an attach channel.
+pub async fn kill(h: &Handle, id: &str, sig: &str) -> anyhow::Result<()> {
+    tether_proto::signal::parse(sig)?;
+    let ch = match h.open("attach", id.as_bytes().to_vec()).await? {
+        Ok(ch) => ch,
+        Err(f) => bail!("{id}: {}", f.description),
+    };
+    let delivered = ch
+        .request("signal", true, wire::Writer::new().string(sig).finish())
+        .await?;
+    let _ = ch.close().await;
+    if !delivered {
+        bail!("the tether did not deliver {sig} to {id}");
+    }
+    Ok(())
+}
+
+/// After the handshake, copies stdin to the line and the line to stdout (OpenSSH's ProxyCommand).
+pub async fn proxy(mut line: Box<dyn Line>, deadline: Duration) -> anyhow::Result<()> {
+    handshake::connect_retrying(&mut line, Duration::from_secs(1), deadline)
+        .await
+        .context("the tether did not complete the handshake")?;
+    let (mut from_tether, mut to_tether) = tokio::io::split(line);
+    let up = async {
+        let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut to_tether).await;
+        let _ = to_tether.shutdown().await;
+    };
+    let down = async {
+        let mut out = tokio::io::stdout();
+        let _ = tokio::io::copy(&mut from_tether, &mut out).await;
+        let _ = out.flush().await;
+    };
+    // The connection is over when the tether's side ends.
+    tokio::select! {
+        _ = async { tokio::join!(up, std::future::pending::<()>()) } => {}
+        _ = down => {}
+    }
+    Ok(())
+}

@@ -37,6 +37,25 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+    /// Send a signal to a session's process (the tether connects on --listen).
+    Kill {
+        #[arg(long)]
+        listen: ListenAddr,
+        /// Signal name or number.
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        /// The session or exec.
+        id: String,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Handshake with the tether, then relay stdin/stdout: an OpenSSH ProxyCommand.
+    Proxy {
+        #[arg(long)]
+        listen: ListenAddr,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
     /// The tether's live sessions and execs.
     Ps {
         #[arg(long)]
@@ -132,6 +151,31 @@ fn main() -> ExitCode {
                 let status = vch::attach::attach(&h, &opts).await?;
                 h.disconnect("detached").await;
                 Ok(status.unwrap_or(0))
+            })
+        }
+        Command::Kill {
+            listen,
+            signal,
+            id,
+            timeout,
+        } => {
+            return run_async(async move {
+                let h = connect(&listen, std::time::Duration::from_secs(timeout)).await?;
+                vch::attach::kill(&h, &id, &signal).await?;
+                h.disconnect("done").await;
+                Ok(0)
+            })
+        }
+        Command::Proxy { listen, timeout } => {
+            return run_async(async move {
+                let deadline = std::time::Duration::from_secs(timeout);
+                let line = tokio::time::timeout(deadline, async {
+                    vch::attach::bind(&listen).await?.accept().await
+                })
+                .await
+                .map_err(|_| anyhow::anyhow!("no tether connected within {deadline:?}"))??;
+                vch::attach::proxy(line, deadline).await?;
+                Ok(0)
             })
         }
         Command::Ps { listen, timeout } => {

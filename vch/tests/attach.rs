@@ -645,3 +645,82 @@ fn attach_over_a_serial_line() {
     drop(pty.slave);
     assert!(tether.wait().unwrap().success());
 }
+
+fn wait_started(t: &Tether) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while t.state().sessions[ID].started != "true" {
+        assert!(Instant::now() < deadline, "the primary did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn vch_kill_delivers_a_signal_and_refuses_a_bad_one() {
+    let port = free_port();
+    let mut t = Tether::start(&config(session(&["sleep", "60"])), port, &[]);
+    wait_started(&t);
+    let vch = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_vch"))
+            .args([
+                "kill",
+                "--listen",
+                &format!("tcp:127.0.0.1:{port}"),
+                "--timeout",
+                "30",
+            ])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let bad = vch(&["-s", "NOPE", ID]);
+    assert_eq!(bad.status.code(), Some(125));
+    assert_eq!(
+        String::from_utf8_lossy(&bad.stderr),
+        "vch: unsupported signal \"NOPE\"\n"
+    );
+    let ok = vch(&["-s", "term", ID]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(t.wait().success());
+    assert_eq!(t.state().sessions[ID].exit_status, 143);
+}
+
+#[test]
+fn openssh_through_vch_proxy_reaches_the_tether() {
+    let have_ssh = Command::new("sh")
+        .args(["-c", "command -v ssh"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_ssh {
+        eprintln!("skipped: no OpenSSH client here");
+        return;
+    }
+    let port = free_port();
+    let _t = Tether::start(&config(session(&["sleep", "60"])), port, &[]);
+    let proxy = format!(
+        "ProxyCommand={} proxy --listen tcp:127.0.0.1:{port} --timeout 30",
+        env!("CARGO_BIN_EXE_vch")
+    );
+    let out = Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            &proxy,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "BatchMode=yes", "-T", "daemon@containervm", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    // Handshake, key exchange and `none` authentication succeed; a shell is not offered here.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(255), "{err}");
+    assert!(err.contains("unknown channel type session"), "{err}");
+}
