@@ -282,32 +282,6 @@ async fn relay_stdin(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn detach_keys_as_docker_writes_them() {
-        assert_eq!(parse_detach_keys("ctrl-p,ctrl-q").unwrap(), [16, 17]);
-        assert_eq!(parse_detach_keys("ctrl-@,a").unwrap(), [0, b'a']);
-        assert!(parse_detach_keys("ctrl-pp").is_err());
-        assert!(parse_detach_keys("").unwrap().is_empty());
-    }
-
-    #[test]
-    fn exit_status_and_signal() {
-        assert_eq!(exit_status("exit-status", &[0, 0, 0, 7]), Some(7));
-        let sig = wire::Writer::new()
-            .string("KILL")
-            .bool(false)
-            .string("")
-            .string("")
-            .finish();
-        assert_eq!(exit_status("exit-signal", &sig), Some(137));
-        assert_eq!(exit_status("other", &[]), None);
-    }
-}
-
 /// Sends signal `sig` (a name or number) to session `id`'s process through an attach channel.
 pub async fn kill(h: &Handle, id: &str, sig: &str) -> anyhow::Result<()> {
     tether_proto::signal::parse(sig)?;
@@ -346,4 +320,30 @@ pub async fn proxy(mut line: Box<dyn Line>, deadline: Duration) -> anyhow::Resul
         _ = down => {}
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn detach_keys_as_docker_writes_them() {
+        assert_eq!(parse_detach_keys("ctrl-p,ctrl-q").unwrap(), [16, 17]);
+        assert_eq!(parse_detach_keys("ctrl-@,a").unwrap(), [0, b'a']);
+        assert!(parse_detach_keys("ctrl-pp").is_err());
+        assert!(parse_detach_keys("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn exit_status_and_signal() {
+        assert_eq!(exit_status("exit-status", &[0, 0, 0, 7]), Some(7));
+        let sig = wire::Writer::new()
+            .string("KILL")
+            .bool(false)
+            .string("")
+            .string("")
+            .finish();
+        assert_eq!(exit_status("exit-signal", &sig), Some(137));
+        assert_eq!(exit_status("other", &[]), None);
+    }
 }
