@@ -12,6 +12,9 @@ use tether_proto::guestinfo::vmx::VmxFile;
 use tether_proto::iolog;
 
 const ID: &str = "bench";
+
+/// OpenSSH's figure for the default cipher, the baseline of the attach throughput.
+static OPENSSH_CHACHA: std::sync::Mutex<Option<f64>> = std::sync::Mutex::new(None);
 const RUNS: usize = 30;
 
 fn now_nanos() -> u128 {
@@ -196,6 +199,98 @@ fn pull(port: u16, key: &Path, cipher: &str, bytes: u64) -> anyhow::Result<f64> 
     Ok(t0.elapsed().as_secs_f64())
 }
 
+/// A tether in process mode with `primary` attached over TCP loopback; `f` gets the channel
+/// right after `unblock`.
+fn with_attached<T>(
+    tether: &Path,
+    dir: &Path,
+    primary: SessionConfig,
+    f: impl AsyncFnOnce(&mut tether_proto::ssh::Channel) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut c = ExecutorConfig::default();
+    c.common.id = ID.into();
+    c.sessions.insert(ID.into(), primary);
+    let cfg = dir.join("attach.vmx");
+    VmxFile::create(&cfg, c.encode().into_iter().collect::<KeyValues>())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let addr = vch::guestinfo_server::ListenAddr::Tcp(format!("127.0.0.1:{port}"));
+    let listener = rt.block_on(vch::attach::bind(&addr))?;
+    let mut child = Command::new(tether)
+        .args(["run", "--runblock-timeout", "60", "--guestinfo"])
+        .arg(&cfg)
+        .args(["--attach", &format!("tcp:127.0.0.1:{port}"), "--debug-log"])
+        .arg(dir.join("debug"))
+        .spawn()?;
+    let result = rt.block_on(async {
+        let line = listener.accept().await?;
+        let h = vch::attach::connect(line, Duration::from_secs(30)).await?;
+        let mut ch = h
+            .open("attach", ID.as_bytes().to_vec())
+            .await?
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        ch.request("unblock", true, b"Unblock".to_vec()).await?;
+        let r = f(&mut ch).await;
+        h.disconnect("bench done").await;
+        r
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
+
+/// MB/s of 256 MiB of a session's stdout to an attached client.
+fn attach_throughput(tether: &Path, dir: &Path) -> anyhow::Result<f64> {
+    const BYTES: usize = 256 << 20;
+    let mut s = session(&["head", "-c", &BYTES.to_string(), "/dev/zero"]);
+    s.run_block = true;
+    with_attached(tether, dir, s, async |ch| {
+        let t0 = Instant::now();
+        let mut got = 0usize;
+        while let Some(ev) = ch.recv().await {
+            match ev {
+                tether_proto::ssh::ChannelEvent::Data(d) => got += d.len(),
+                tether_proto::ssh::ChannelEvent::Closed => break,
+                _ => {}
+            }
+        }
+        if got != BYTES {
+            bail!("received {got} of {BYTES} bytes");
+        }
+        Ok(BYTES as f64 / 1e6 / t0.elapsed().as_secs_f64())
+    })
+}
+
+/// Keystroke-to-echo round trips (ms) through `cat` in a session.
+fn echo_latency(tether: &Path, dir: &Path) -> anyhow::Result<Vec<f64>> {
+    let mut s = session(&["cat"]);
+    s.run_block = true;
+    s.open_stdin = true;
+    with_attached(tether, dir, s, async |ch| {
+        let mut times = Vec::new();
+        for i in 0..1000u32 {
+            let key = vec![b'a' + (i % 26) as u8];
+            let t0 = Instant::now();
+            ch.data(key.clone()).await?;
+            loop {
+                match ch.recv().await {
+                    Some(tether_proto::ssh::ChannelEvent::Data(d)) if d == key => break,
+                    Some(tether_proto::ssh::ChannelEvent::Data(_)) => {}
+                    None | Some(tether_proto::ssh::ChannelEvent::Closed) => bail!("closed"),
+                    _ => {}
+                }
+            }
+            times.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+        Ok(times)
+    })
+}
+
 /// Our SSH server against OpenSSH's sshd, each sending 256 MiB to OpenSSH's client.
 fn ssh_throughput(dir: &Path) -> anyhow::Result<()> {
     use tether_proto::ssh::{self, exec_server::ExecServer, PrivateKey, PublicKey, ServerConfig};
@@ -273,6 +368,9 @@ fn ssh_throughput(dir: &Path) -> anyhow::Result<()> {
         }
         let (o, t) = (median(ours), median(theirs));
         println!("ssh 256 MiB to OpenSSH's client, {cipher}: ours {o:.0} MB/s, OpenSSH sshd {t:.0} MB/s, ratio {:.2} (target >= 1.0)", o / t);
+        if cipher.starts_with("chacha20") {
+            *OPENSSH_CHACHA.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
+        }
     }
     let _ = daemon.kill();
     let _ = daemon.wait();
@@ -301,5 +399,24 @@ fn main() -> anyhow::Result<()> {
     );
     println!("tether RSS with one running session: {rss} KiB (target < 3072 KiB)");
     ssh_throughput(dir.path())?;
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        rates.push(attach_throughput(&tether, dir.path())?);
+    }
+    let ours = median(rates);
+    match *OPENSSH_CHACHA.lock().unwrap_or_else(|p| p.into_inner()) {
+        Some(base) => println!(
+            "attach: 256 MiB of session stdout to an attached client: {ours:.0} MB/s; OpenSSH moving the same bytes {base:.0} MB/s; ratio {:.2} (target >= 1.0)",
+            ours / base
+        ),
+        None => println!("attach: 256 MiB of session stdout to an attached client: {ours:.0} MB/s (no OpenSSH baseline here)"),
+    }
+    let mut lat = echo_latency(&tether, dir.path())?;
+    lat.sort_by(f64::total_cmp);
+    println!(
+        "attach: keystroke to echo through cat: p50 {:.3} ms, p99 {:.3} ms (target p99 < 1 ms)",
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100]
+    );
     Ok(())
 }

@@ -293,7 +293,7 @@ impl Session {
                     gi::failed_state(self.kind, &self.id, e.exit_code, &e.message),
                 );
                 ctx.gi.sync().await;
-                self.fanout.send(Output::Failed(e.clone()));
+                self.fanout.send(Output::Failed(e.clone())).await;
                 self.set_state(State::Failed(e));
                 return false;
             }
@@ -337,7 +337,7 @@ impl Session {
         );
         // A client that sees the exit finds it in guestinfo too.
         ctx.gi.sync().await;
-        self.fanout.send(Output::Exit(exit));
+        self.fanout.send(Output::Exit(exit)).await;
         true
     }
 
@@ -460,7 +460,9 @@ fn pump(
             }) {
                 Ok(Ok(0)) => return,
                 Ok(Ok(n)) => {
-                    fanout.send(Output::Data(stream, Arc::from(&buf[..n])));
+                    fanout
+                        .send(Output::Data(stream, Arc::from(&buf[..n])))
+                        .await;
                     log.write(&id, exec, stream, buf[..n].to_vec()).await
                 }
                 Ok(Err(e)) if e.raw_os_error() == Some(libc::EIO) => return,
