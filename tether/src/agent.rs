@@ -22,6 +22,8 @@ pub enum Event {
 
 /// How long the last SIGKILL to the process groups may take to be collected.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// The debug level at which the debug shell is on without its extension key.
+pub const DEBUG_SHELL_LEVEL: i32 = 3;
 /// How long attached clients get to take the end of their sessions.
 const CLIENT_GRACE: Duration = Duration::from_secs(2);
 
@@ -188,12 +190,27 @@ impl Agent {
             return;
         };
         let key = crate::attach::host_key(&self.cfg.key.0);
+        let ext = self.cfg.tether.clone().unwrap_or_default();
+        let authorized = match ext.authorized_key.trim() {
+            "" => None,
+            line => match tether_proto::ssh::PublicKey::from_openssh(line) {
+                Ok(k) => Some(k),
+                Err(e) => {
+                    // Refusing everyone is safer than falling back to `none`.
+                    tracing::error!("guestinfo.vice./tether/authorizedkey is unusable ({e}); no client can attach");
+                    Some(tether_proto::ssh::PrivateKey::generate_ed25519().public())
+                }
+            },
+        };
+        let debug_shell = ext.debug_shell || self.cfg.debug_level >= DEBUG_SHELL_LEVEL;
         let shared = crate::attach::Shared {
             registry: self.ctx.registry.clone(),
             events: self.ctx.events.clone(),
             server: std::sync::Arc::new(tether_proto::ssh::ServerConfig::new(vec![key])),
-            authorized: None,
+            authorized,
             connections: Default::default(),
+            debug_shell,
+            reaper: self.ctx.reaper.clone(),
         };
         let shared = std::sync::Arc::new(shared);
         self.attach = Some(shared.clone());

@@ -360,41 +360,17 @@ impl Session {
             exit_code: launch::EXIT_SETUP,
         };
         let exec = self.kind == SessionKind::Exec;
-        // The child's ends (closed here once it has them) and our ends.
-        let (child_fds, outputs, stdin): (Vec<OwnedFd>, Vec<(OwnedFd, Stream)>, Option<OwnedFd>) =
-            if cfg.tty {
-                let pty = sys::open_pty().map_err(|e| setup("allocating a pty", &e))?;
-                if let Some((c, r, w, h)) = *lock(&self.window) {
-                    let _ = sys::ioctl::set_window_size(&pty.master, c, r, w, h);
-                }
-                let input = pty.master.try_clone().map_err(|e| setup("dup", &e))?;
-                (
-                    vec![pty.slave],
-                    vec![(pty.master, Stream::Stdout)],
-                    Some(input),
-                )
-            } else {
-                let (out_r, out_w) = spawn::pipe().map_err(|e| setup("pipe", &e))?;
-                let (err_r, err_w) = spawn::pipe().map_err(|e| setup("pipe", &e))?;
-                let (stdin_child, stdin_ours) = if cfg.open_stdin {
-                    let (r, w) = spawn::pipe().map_err(|e| setup("pipe", &e))?;
-                    (r, Some(w))
-                } else {
-                    let null =
-                        std::fs::File::open("/dev/null").map_err(|e| setup("/dev/null", &e))?;
-                    (OwnedFd::from(null), None)
-                };
-                (
-                    vec![stdin_child, out_w, err_w],
-                    vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
-                    stdin_ours,
-                )
-            };
-        let stdio = match child_fds.as_slice() {
-            [pty] => [pty.as_raw_fd(); 3],
-            [i, o, e] => [i.as_raw_fd(), o.as_raw_fd(), e.as_raw_fd()],
-            _ => unreachable!("one pty or three pipes"),
-        };
+        let Plumbing {
+            child: child_fds,
+            outputs,
+            stdin,
+        } = plumbing(cfg.tty, cfg.open_stdin).map_err(|e| setup("stdio", &e))?;
+        if cfg.tty {
+            if let (Some((c, r, w, h)), Some(fd)) = (*lock(&self.window), stdin.as_ref()) {
+                let _ = sys::ioctl::set_window_size(fd, c, r, w, h);
+            }
+        }
+        let stdio = child_stdio(&child_fds);
         let spec = spawn::SpawnSpec {
             path: p.path.clone(),
             argv: p.argv.clone(),
@@ -433,6 +409,49 @@ impl Session {
             }
         }
         Ok((pid, exit_rx, pumps))
+    }
+}
+
+/// A process's stdio: the child's descriptors (closed here once it has them), the outputs to read
+/// (stdout and stderr, or the pty master), and where its input goes (the pty master, or the stdin
+/// pipe when `open_stdin`; `/dev/null` otherwise).
+pub struct Plumbing {
+    pub child: Vec<OwnedFd>,
+    pub outputs: Vec<(OwnedFd, Stream)>,
+    pub stdin: Option<OwnedFd>,
+}
+
+pub fn plumbing(tty: bool, open_stdin: bool) -> std::io::Result<Plumbing> {
+    if tty {
+        let pty = sys::open_pty()?;
+        let input = pty.master.try_clone()?;
+        return Ok(Plumbing {
+            child: vec![pty.slave],
+            outputs: vec![(pty.master, Stream::Stdout)],
+            stdin: Some(input),
+        });
+    }
+    let (out_r, out_w) = spawn::pipe()?;
+    let (err_r, err_w) = spawn::pipe()?;
+    let (stdin_child, stdin) = if open_stdin {
+        let (r, w) = spawn::pipe()?;
+        (r, Some(w))
+    } else {
+        (OwnedFd::from(std::fs::File::open("/dev/null")?), None)
+    };
+    Ok(Plumbing {
+        child: vec![stdin_child, out_w, err_w],
+        outputs: vec![(out_r, Stream::Stdout), (err_r, Stream::Stderr)],
+        stdin,
+    })
+}
+
+/// The child's 0, 1 and 2 from its descriptors (one pty for all three, or three pipes).
+pub fn child_stdio(fds: &[OwnedFd]) -> [i32; 3] {
+    match fds {
+        [pty] => [pty.as_raw_fd(); 3],
+        [i, o, e] => [i.as_raw_fd(), o.as_raw_fd(), e.as_raw_fd()],
+        _ => unreachable!("one pty or three pipes"),
     }
 }
 

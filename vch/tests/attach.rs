@@ -719,8 +719,108 @@ fn openssh_through_vch_proxy_reaches_the_tether() {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    // Handshake, key exchange and `none` authentication succeed; a shell is not offered here.
+    // Handshake, key exchange and `none` authentication succeed; the shell is off by default.
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(255), "{err}");
-    assert!(err.contains("unknown channel type session"), "{err}");
+    assert!(err.contains("the debug shell is off"), "{err}");
+}
+
+fn openssh_via_proxy(port: u16, extra: &[&str], cmd: &str) -> Output {
+    let proxy = format!(
+        "ProxyCommand={} proxy --listen tcp:127.0.0.1:{port} --timeout 30",
+        env!("CARGO_BIN_EXE_vch")
+    );
+    Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            &proxy,
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "BatchMode=yes", "-o", "LogLevel=ERROR"])
+        .args(extra)
+        .args(["daemon@containervm", cmd])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn debug_shell_through_openssh_exec_and_pty() {
+    let have_ssh = Command::new("sh")
+        .args(["-c", "command -v ssh"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !have_ssh {
+        eprintln!("skipped: no OpenSSH client here");
+        return;
+    }
+    let mut cfg = config(session(&["sleep", "60"]));
+    cfg.tether = Some(tether_proto::config::TetherExtensions {
+        debug_shell: true,
+        authorized_key: String::new(),
+    });
+    let port = free_port();
+    let _t = Tether::start(&cfg, port, &[]);
+    let out = openssh_via_proxy(port, &["-T"], "echo from-shell; echo to-err >&2; exit 6");
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"from-shell\n");
+    assert_eq!(out.stderr, b"to-err\n");
+    // The tether reconnects for the next host connection; this one asks for a pty.
+    let out = openssh_via_proxy(port, &["-tt"], "tty; echo $TERM");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("/dev/pts/"), "{text}");
+}
+
+#[test]
+fn an_authorized_key_replaces_none() {
+    use tether_proto::ssh::{ClientConfig, PrivateKey};
+    let key = PrivateKey::generate_ed25519();
+    let mut cfg = config(session(&["sleep", "60"]));
+    cfg.tether = Some(tether_proto::config::TetherExtensions {
+        debug_shell: false,
+        authorized_key: key.public().to_openssh(),
+    });
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = free_port();
+    let listener = rt
+        .block_on(vch::attach::bind(&ListenAddr::Tcp(format!(
+            "127.0.0.1:{port}"
+        ))))
+        .unwrap();
+    let _t = Tether::start(&cfg, port, &[]);
+    rt.block_on(async {
+        // `none`, as VIC's VCH authenticates, is refused...
+        let line = listener.accept().await.unwrap();
+        let err = vch::attach::connect(line, Duration::from_secs(30))
+            .await
+            .err()
+            .expect("refused");
+        assert!(
+            format!("{err:#}").contains("refused user daemon"),
+            "{err:#}"
+        );
+        // ... and the authorized key is let in.
+        let line = listener.accept().await.unwrap();
+        let mut with_key = ClientConfig::new("daemon");
+        with_key.key = Some(key);
+        let h = vch::attach::connect_with(line, Duration::from_secs(30), with_key)
+            .await
+            .unwrap();
+        assert_eq!(vch::attach::container_ids(&h).await.unwrap(), [ID]);
+        h.disconnect("done").await;
+    });
 }

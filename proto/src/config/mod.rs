@@ -55,6 +55,28 @@ pub struct ExecutorConfig {
     pub hostname: String,
     /// `guestinfo.vice./domainname`
     pub domainname: String,
+    /// `guestinfo.vice./tether/…`: this tether's extensions, written only when set (VIC's tether
+    /// and VCH ignore them).
+    pub tether: Option<TetherExtensions>,
+}
+
+/// Extension keys under `guestinfo.vice./tether/`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TetherExtensions {
+    /// `/tether/debugshell`: serve SSH `session` channels (a shell in the container) on the attach
+    /// connection.
+    pub debug_shell: bool,
+    /// `/tether/authorizedkey`: an OpenSSH public key line; when set, only this client key may
+    /// attach (and `none` is refused).
+    pub authorized_key: String,
+}
+
+impl Node for TetherExtensions {
+    fn visit(&mut self, v: &mut dyn Visitor, at: &Path) -> Result<(), CodecError> {
+        v.scalar(&at.field("debugshell"), &mut self.debug_shell)?;
+        v.scalar(&at.field("authorizedkey"), &mut self.authorized_key)
+    }
 }
 
 impl Node for ExecutorConfig {
@@ -71,7 +93,8 @@ impl Node for ExecutorConfig {
         v.scalar(&at.field("key"), &mut self.key)?;
         v.scalar(&at.field("asymrouting"), &mut self.asymmetric_routing)?;
         v.scalar(&at.field("hostname"), &mut self.hostname)?;
-        v.scalar(&at.field("domainname"), &mut self.domainname)
+        v.scalar(&at.field("domainname"), &mut self.domainname)?;
+        optional(v, &at.field("tether"), &mut self.tether)
     }
 }
 

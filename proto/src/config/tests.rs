@@ -103,6 +103,22 @@ fn user_and_group_are_read_in_either_case_and_written_as_the_vch_does() {
 }
 
 #[test]
+fn extension_keys_are_written_only_when_set() {
+    let mut cfg = ExecutorConfig::default();
+    assert!(!cfg.encode().keys().any(|k| k.contains("/tether/")));
+    cfg.tether = Some(TetherExtensions {
+        debug_shell: true,
+        authorized_key: "ssh-ed25519 AAAA".into(),
+    });
+    let out = cfg.encode();
+    assert_eq!(out["guestinfo.vice./tether/debugshell"], "true");
+    assert_eq!(
+        out["guestinfo.vice./tether/authorizedkey"],
+        "ssh-ed25519 AAAA"
+    );
+}
+
+#[test]
 fn session_encoding_uses_the_session_prefix() {
     let s = SessionConfig {
         started: "true".into(),
@@ -353,12 +369,19 @@ fn config() -> impl Strategy<Value = ExecutorConfig> {
             text(),
             text(),
         ),
+        prop::option::of(
+            (any::<bool>(), text()).prop_map(|(debug_shell, authorized_key)| TetherExtensions {
+                debug_shell,
+                authorized_key,
+            }),
+        ),
     )
         .prop_map(
             |(
                 (common, debug_level, sessions),
                 (execs, mounts, networks),
                 (key, asymmetric_routing, hostname, domainname),
+                tether,
             )| {
                 ExecutorConfig {
                     common,
@@ -371,6 +394,7 @@ fn config() -> impl Strategy<Value = ExecutorConfig> {
                     asymmetric_routing,
                     hostname,
                     domainname,
+                    tether,
                 }
             },
         )
