@@ -254,6 +254,21 @@ fn echo_hi_arrives_every_time() {
     }
 }
 
+/// Everything a channel carries until CLOSE: its data and the `exit-status` payload.
+async fn output_and_status(ch: &mut tether_proto::ssh::Channel) -> (Vec<u8>, Option<Vec<u8>>) {
+    let mut out = Vec::new();
+    let mut status = None;
+    while let Some(ev) = ch.recv().await {
+        match ev {
+            ChannelEvent::Data(d) => out.extend(d),
+            ChannelEvent::Request { name, data } if name == "exit-status" => status = Some(data),
+            ChannelEvent::Closed => break,
+            _ => {}
+        }
+    }
+    (out, status)
+}
+
 /// Drives the attach protocol directly: `f` gets the SSH handle once the tether is connected.
 fn with_tether<F, Fut>(cfg: &ExecutorConfig, f: F) -> Tether
 where
@@ -547,18 +562,7 @@ fn exec_by_reload_request_is_pushed_to_the_host_and_attachable() {
             .request("unblock", true, b"Unblock".to_vec())
             .await
             .unwrap());
-        let mut out = Vec::new();
-        let mut status = None;
-        while let Some(ev) = ch.recv().await {
-            match ev {
-                ChannelEvent::Data(d) => out.extend(d),
-                ChannelEvent::Request { name, data } if name == "exit-status" => {
-                    status = Some(data)
-                }
-                ChannelEvent::Closed => break,
-                _ => {}
-            }
-        }
+        let (out, status) = output_and_status(&mut ch).await;
         assert_eq!(
             (out.as_slice(), status),
             (&b"from-exec\n"[..], Some(vec![0, 0, 0, 3]))
@@ -625,18 +629,7 @@ fn attach_over_a_serial_line() {
             .request("unblock", true, b"Unblock".to_vec())
             .await
             .unwrap());
-        let mut out = Vec::new();
-        let mut status = None;
-        while let Some(ev) = ch.recv().await {
-            match ev {
-                ChannelEvent::Data(d) => out.extend(d),
-                ChannelEvent::Request { name, data } if name == "exit-status" => {
-                    status = Some(data)
-                }
-                ChannelEvent::Closed => break,
-                _ => {}
-            }
-        }
+        let (out, status) = output_and_status(&mut ch).await;
         assert_eq!(
             (out.as_slice(), status),
             (&b"over serial\n"[..], Some(vec![0, 0, 0, 9]))

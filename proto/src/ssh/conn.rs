@@ -188,34 +188,60 @@ async fn start<S: Stream, H: Handler>(
     tokio::spawn(transport::reader(r, in_tx, keys_rx));
     tokio::spawn(transport::writer(w, out_rx));
     let (cmd_tx, cmd_rx) = mpsc::channel(QUEUE);
-    let conn = Conn {
+    let conn = Conn::new(
         role,
         handler,
         limits,
-        out: out_tx,
-        keys_in: keys_tx,
-        handle: Handle { tx: cmd_tx },
-        v_c: v_c.into_bytes(),
-        v_s: v_s.into_bytes(),
-        session_id: None,
-        kex: KexState::Idle,
-        first_kex: true,
-        strict: false,
-        peer_ext_info: false,
-        deferred: Vec::new(),
-        paused: false,
-        auth: Auth::Start,
-        auth_failures: 0,
-        client_tried_key: false,
-        ready: None,
-        channels: HashMap::new(),
-        next_channel: 0,
-        globals: VecDeque::new(),
-        bytes_since_kex: 0,
-        kex_at: Instant::now(),
-        disconnected: false,
-    };
+        out_tx,
+        keys_tx,
+        Handle { tx: cmd_tx },
+        v_c.into_bytes(),
+        v_s.into_bytes(),
+    );
     Ok((conn, in_rx, cmd_rx))
+}
+
+impl<H: Handler> Conn<H> {
+    /// A connection right after the version exchange.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        role: Role,
+        handler: H,
+        limits: Limits,
+        out: mpsc::Sender<Out>,
+        keys_in: mpsc::UnboundedSender<KeysIn>,
+        handle: Handle,
+        v_c: Vec<u8>,
+        v_s: Vec<u8>,
+    ) -> Self {
+        Conn {
+            role,
+            handler,
+            limits,
+            out,
+            keys_in,
+            handle,
+            v_c,
+            v_s,
+            session_id: None,
+            kex: KexState::Idle,
+            first_kex: true,
+            strict: false,
+            peer_ext_info: false,
+            deferred: Vec::new(),
+            paused: false,
+            auth: Auth::Start,
+            auth_failures: 0,
+            client_tried_key: false,
+            ready: None,
+            channels: HashMap::new(),
+            next_channel: 0,
+            globals: VecDeque::new(),
+            bytes_since_kex: 0,
+            kex_at: Instant::now(),
+            disconnected: false,
+        }
+    }
 }
 
 fn protocol(what: impl Into<String>) -> SshError {
@@ -1231,35 +1257,24 @@ pub async fn fuzz_authenticated_server(payloads: Vec<Vec<u8>>) -> Result<(), Ssh
     tokio::spawn(async move { while out_rx.recv().await.is_some() {} });
     let (keys_tx, _keys_rx) = mpsc::unbounded_channel();
     let (cmd_tx, _cmd_rx) = mpsc::channel(QUEUE);
-    let mut conn = Conn {
-        role: Role::Server(Arc::new(ServerConfig::new(vec![
-            super::PrivateKey::generate_ed25519(),
-        ]))),
-        handler: Accepting,
-        limits: Limits::default(),
-        out: out_tx,
-        keys_in: keys_tx,
-        handle: Handle { tx: cmd_tx },
-        v_c: b"SSH-2.0-fuzz".to_vec(),
-        v_s: super::VERSION.as_bytes().to_vec(),
-        session_id: Some(vec![0; 32]),
-        kex: KexState::Idle,
-        first_kex: false,
-        strict: false,
-        peer_ext_info: false,
-        deferred: Vec::new(),
-        paused: false,
-        auth: Auth::Done,
-        auth_failures: 0,
-        client_tried_key: false,
-        ready: None,
-        channels: HashMap::new(),
-        next_channel: 0,
-        globals: VecDeque::new(),
-        bytes_since_kex: 0,
-        kex_at: Instant::now(),
-        disconnected: false,
-    };
+    let role = Role::Server(Arc::new(ServerConfig::new(vec![
+        super::PrivateKey::generate_ed25519(),
+    ])));
+    let handle = Handle { tx: cmd_tx };
+    let mut conn = Conn::new(
+        role,
+        Accepting,
+        Limits::default(),
+        out_tx,
+        keys_tx,
+        handle,
+        b"SSH-2.0-fuzz".to_vec(),
+        super::VERSION.as_bytes().to_vec(),
+    );
+    // Past key exchange and authentication.
+    conn.session_id = Some(vec![0; 32]);
+    conn.first_kex = false;
+    conn.auth = Auth::Done;
     for (seq, p) in payloads.into_iter().enumerate() {
         conn.packet(seq as u32, p).await?;
         if conn.disconnected {
