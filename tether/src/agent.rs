@@ -79,10 +79,6 @@ impl Agent {
             .flatten()
     }
 
-    pub fn sessions(&self) -> &HashMap<String, Arc<Session>> {
-        &self.sessions
-    }
-
     /// Runs until the primary session ends or a stop is asked for. A config that cannot be read
     /// at the start is returned as an error (the caller reports it and stops).
     pub async fn run(mut self) -> Result<Ending, String> {

@@ -6,7 +6,7 @@ pub mod ioctl;
 pub mod serial;
 pub mod spawn;
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
@@ -63,9 +63,4 @@ pub fn signal_group(pgid: i32, sig: i32) -> nix::Result<()> {
 /// Makes this process adopt orphans (what PID 1 does anyway).
 pub fn become_subreaper() -> nix::Result<()> {
     nix::sys::prctl::set_child_subreaper(true)
-}
-
-/// The raw descriptor number, for the spawner.
-pub fn raw(fd: &impl AsRawFd) -> i32 {
-    fd.as_raw_fd()
 }

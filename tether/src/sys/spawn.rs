@@ -191,8 +191,3 @@ unsafe fn child(
 pub fn pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
 }
-
-/// Makes a C string, refusing interior NULs with a message naming `what`.
-pub fn cstring(what: &str, s: &str) -> Result<CString, String> {
-    CString::new(s).map_err(|_| format!("{what} contains a NUL byte"))
-}
