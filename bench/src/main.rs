@@ -205,7 +205,7 @@ fn with_attached<T>(
     tether: &Path,
     dir: &Path,
     primary: SessionConfig,
-    f: impl AsyncFnOnce(&mut tether_proto::ssh::Channel) -> anyhow::Result<T>,
+    f: impl AsyncFnOnce(&mut tether_proto::ssh::Channel, u32) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let mut c = ExecutorConfig::default();
     c.common.id = ID.into();
@@ -235,7 +235,7 @@ fn with_attached<T>(
             .await?
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         ch.request("unblock", true, b"Unblock".to_vec()).await?;
-        let r = f(&mut ch).await;
+        let r = f(&mut ch, child.id()).await;
         h.disconnect("bench done").await;
         r
     });
@@ -249,7 +249,7 @@ fn attach_throughput(tether: &Path, dir: &Path) -> anyhow::Result<f64> {
     const BYTES: usize = 256 << 20;
     let mut s = session(&["head", "-c", &BYTES.to_string(), "/dev/zero"]);
     s.run_block = true;
-    with_attached(tether, dir, s, async |ch| {
+    with_attached(tether, dir, s, async |ch, _| {
         let t0 = Instant::now();
         let mut got = 0usize;
         while let Some(ev) = ch.recv().await {
@@ -266,12 +266,23 @@ fn attach_throughput(tether: &Path, dir: &Path) -> anyhow::Result<f64> {
     })
 }
 
-/// Keystroke-to-echo round trips (ms) through `cat` in a session.
-fn echo_latency(tether: &Path, dir: &Path) -> anyhow::Result<Vec<f64>> {
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    Ok(std::fs::read_to_string(format!("/proc/{pid}/status"))?
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmRSS:")
+                .map(|v| v.trim().trim_end_matches(" kB").trim().parse().unwrap_or(0))
+        })
+        .unwrap_or(0))
+}
+
+/// Keystroke-to-echo round trips (ms) through `cat` in a session, and the tether's RSS (KiB)
+/// with that session attached.
+fn echo_latency(tether: &Path, dir: &Path) -> anyhow::Result<(Vec<f64>, u64)> {
     let mut s = session(&["cat"]);
     s.run_block = true;
     s.open_stdin = true;
-    with_attached(tether, dir, s, async |ch| {
+    with_attached(tether, dir, s, async |ch, pid| {
         let mut times = Vec::new();
         for i in 0..1000u32 {
             let key = vec![b'a' + (i % 26) as u8];
@@ -287,7 +298,7 @@ fn echo_latency(tether: &Path, dir: &Path) -> anyhow::Result<Vec<f64>> {
             }
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
-        Ok(times)
+        Ok((times, rss_kib(pid)?))
     })
 }
 
@@ -411,12 +422,13 @@ fn main() -> anyhow::Result<()> {
         ),
         None => println!("attach: 256 MiB of session stdout to an attached client: {ours:.0} MB/s (no OpenSSH baseline here)"),
     }
-    let mut lat = echo_latency(&tether, dir.path())?;
+    let (mut lat, attached_rss) = echo_latency(&tether, dir.path())?;
     lat.sort_by(f64::total_cmp);
     println!(
         "attach: keystroke to echo through cat: p50 {:.3} ms, p99 {:.3} ms (target p99 < 1 ms)",
         lat[lat.len() / 2],
         lat[lat.len() * 99 / 100]
     );
+    println!("tether RSS with one attached session: {attached_rss} KiB (target < 3072 KiB)");
     Ok(())
 }

@@ -14,13 +14,14 @@ use vch::guestinfo_server::ListenAddr;
 
 const ID: &str = "c0ffee";
 
-/// The tether binary of this workspace, built if needed.
+/// The tether binary of this workspace, built if needed (the same build `scripts/test` makes
+/// first, so there it is already done). Called before any deadline starts.
 fn tether_bin() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT
         .get_or_init(|| {
             let status = Command::new(env!("CARGO"))
-                .args(["build", "-q", "-p", "tether"])
+                .args(["build", "-q", "--workspace", "--bins"])
                 .status()
                 .expect("cargo");
             assert!(status.success(), "building the tether");
@@ -115,6 +116,7 @@ fn vch_attach(
     tether_args: &[&str],
 ) -> (Output, Tether) {
     use std::io::Write as _;
+    let _ = tether_bin();
     let mut vch = Command::new(env!("CARGO_BIN_EXE_vch"))
         .args([
             "attach",
