@@ -325,11 +325,14 @@ impl Handler for Attach {
                 }
             }
             "close-stdin" => a.session.input().send(InputMsg::CloseStdin).is_ok(),
-            "signal" => {
-                let name = wire::Reader::new(data).utf8().unwrap_or("");
-                match tether_proto::signal::parse(name) {
-                    // Delivered only to a running process (not one still waiting to start).
-                    Ok(sig) => a.session.pid().is_some() && a.session.signal(sig).is_ok(),
+            // `signal` goes to the process, as `docker kill`; `group-signal` (ours) to its process
+            // group, as VIC's `group-kill`. Delivered only to a running process.
+            "signal" | "group-signal" => {
+                let spec = wire::Reader::new(data).utf8().unwrap_or("");
+                match tether_proto::signal::parse(spec) {
+                    Ok(_) if a.session.pid().is_none() => false,
+                    Ok(sig) if name == "group-signal" => a.session.signal_group(sig).is_ok(),
+                    Ok(sig) => a.session.signal(sig).is_ok(),
                     Err(e) => {
                         tracing::warn!("attach: {e}");
                         false

@@ -282,15 +282,17 @@ async fn relay_stdin(
     }
 }
 
-/// Sends signal `sig` (a name or number) to session `id`'s process through an attach channel.
-pub async fn kill(h: &Handle, id: &str, sig: &str) -> anyhow::Result<()> {
+/// Sends signal `sig` (a name or number) to session `id`'s process (its process group with
+/// `group`) through an attach channel.
+pub async fn kill(h: &Handle, id: &str, sig: &str, group: bool) -> anyhow::Result<()> {
     tether_proto::signal::parse(sig)?;
     let ch = match h.open("attach", id.as_bytes().to_vec()).await? {
         Ok(ch) => ch,
         Err(f) => bail!("{id}: {}", f.description),
     };
+    let request = if group { "group-signal" } else { "signal" };
     let delivered = ch
-        .request("signal", true, wire::Writer::new().string(sig).finish())
+        .request(request, true, wire::Writer::new().string(sig).finish())
         .await?;
     let _ = ch.close().await;
     if !delivered {

@@ -46,6 +46,9 @@ enum Command {
         signal: String,
         /// The session or exec.
         id: String,
+        /// Signal the whole process group (VIC's group-kill), not only the process.
+        #[arg(long)]
+        group: bool,
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
@@ -157,11 +160,12 @@ fn main() -> ExitCode {
             listen,
             signal,
             id,
+            group,
             timeout,
         } => {
             return run_async(async move {
                 let h = connect(&listen, std::time::Duration::from_secs(timeout)).await?;
-                vch::attach::kill(&h, &id, &signal).await?;
+                vch::attach::kill(&h, &id, &signal, group).await?;
                 h.disconnect("done").await;
                 Ok(0)
             })

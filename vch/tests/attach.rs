@@ -684,6 +684,44 @@ fn vch_kill_delivers_a_signal_and_refuses_a_bad_one() {
 }
 
 #[test]
+fn vch_kill_group_reaches_the_whole_process_group() {
+    // A child in the group writes a file when TERM reaches it; a signal to the process alone
+    // would leave it to the final SIGKILL, and no file.
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("child-got-term");
+    let cmd = format!(
+        "(trap 'echo yes > {}; exit 0' TERM; while :; do sleep 0.05; done) & wait",
+        flag.display()
+    );
+    let mut t = Tether::start(&config(session(&["/bin/sh", "-c", &cmd])), port, &[]);
+    wait_started(&t);
+    let out = Command::new(env!("CARGO_BIN_EXE_vch"))
+        .args([
+            "kill",
+            "--listen",
+            &format!("tcp:127.0.0.1:{port}"),
+            "--timeout",
+            "30",
+        ])
+        .args(["--group", "-s", "TERM", ID])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(t.wait().success());
+    assert_eq!(t.state().sessions[ID].exit_status, 143);
+    assert_eq!(
+        std::fs::read_to_string(&flag).unwrap(),
+        "yes\n",
+        "the child got TERM too"
+    );
+}
+
+#[test]
 fn openssh_through_vch_proxy_reaches_the_tether() {
     let have_ssh = Command::new("sh")
         .args(["-c", "command -v ssh"])
