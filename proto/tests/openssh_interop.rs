@@ -37,6 +37,19 @@ fn have_openssh() -> bool {
     ok
 }
 
+/// A user key made by ssh-keygen (`kind`), and our exec server (Ed25519 host key) trusting it.
+async fn server_for_new_user(dir: &Path, kind: &str) -> (std::path::PathBuf, u16) {
+    let user_key = keygen(dir, "user", kind);
+    let public = std::fs::read_to_string(user_key.with_extension("pub")).unwrap();
+    let allowed = PublicKey::from_openssh(&public).unwrap();
+    let port = start_server(
+        ServerConfig::new(vec![PrivateKey::generate_ed25519()]),
+        Some(allowed),
+    )
+    .await;
+    (user_key, port)
+}
+
 async fn openssh_client(
     port: u16,
     key: &Path,
@@ -260,15 +273,7 @@ async fn sixty_four_mib_through_our_server_with_openssh_rekeying_every_megabyte(
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let user_key = keygen(dir.path(), "user", "ed25519");
-    let allowed =
-        PublicKey::from_openssh(&std::fs::read_to_string(user_key.with_extension("pub")).unwrap())
-            .unwrap();
-    let port = start_server(
-        ServerConfig::new(vec![PrivateKey::generate_ed25519()]),
-        Some(allowed),
-    )
-    .await;
+    let (user_key, port) = server_for_new_user(dir.path(), "ed25519").await;
     let data = pattern(BIG);
     let opts = vec!["RekeyLimit=1M".to_string()];
     let out = openssh_client(port, &user_key, &opts, "cat", &data).await;
@@ -340,15 +345,7 @@ async fn openssh_client_with_an_rsa_user_key_uses_rsa_sha2() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let user_key = keygen(dir.path(), "user", "rsa");
-    let allowed =
-        PublicKey::from_openssh(&std::fs::read_to_string(user_key.with_extension("pub")).unwrap())
-            .unwrap();
-    let port = start_server(
-        ServerConfig::new(vec![PrivateKey::generate_ed25519()]),
-        Some(allowed),
-    )
-    .await;
+    let (user_key, port) = server_for_new_user(dir.path(), "rsa").await;
     // OpenSSH no longer signs with ssh-rsa (SHA-1): this works only through server-sig-algs.
     let opts = vec!["PubkeyAcceptedAlgorithms=rsa-sha2-256,rsa-sha2-512".to_string()];
     let out = openssh_client(port, &user_key, &opts, "echo rsa-ok", b"").await;
