@@ -4,7 +4,6 @@
 
 use std::ops::Range;
 
-use aes_gcm::aead::AeadInOut as _;
 use aes_gcm::KeyInit as _;
 use chacha20::cipher::{KeyIvInit as _, StreamCipher as _, StreamCipherSeek as _};
 use hmac::Mac as _;
@@ -245,22 +244,8 @@ impl Direction {
                     buf.extend_from_slice(&tag);
                 }
             }
-            Engine::Gcm128(aead, nonce) => {
-                let (aad, body) = buf.split_at_mut(4);
-                let tag = aead
-                    .encrypt_inout_detached(&(*nonce).into(), aad, body.into())
-                    .expect("GCM encrypts any packet size we make");
-                increment(nonce);
-                buf.extend_from_slice(&tag);
-            }
-            Engine::Gcm256(aead, nonce) => {
-                let (aad, body) = buf.split_at_mut(4);
-                let tag = aead
-                    .encrypt_inout_detached(&(*nonce).into(), aad, body.into())
-                    .expect("GCM encrypts any packet size we make");
-                increment(nonce);
-                buf.extend_from_slice(&tag);
-            }
+            Engine::Gcm128(aead, nonce) => gcm_seal(&**aead, nonce, &mut buf),
+            Engine::Gcm256(aead, nonce) => gcm_seal(&**aead, nonce, &mut buf),
             Engine::ChaCha { main, header } => {
                 let nonce = u64::from(seq).to_be_bytes();
                 chacha20::ChaCha20Legacy::new(&(*header).into(), &nonce.into())
@@ -340,24 +325,8 @@ impl Direction {
                     }
                 }
             }
-            Engine::Gcm128(aead, nonce) => {
-                let (head, tag) = packet.split_at_mut(body_end);
-                let (aad, body) = head.split_at_mut(4);
-                let tag = aes_gcm::aead::Tag::<aes_gcm::Aes128Gcm>::try_from(&*tag)
-                    .map_err(|_| CipherError::BadMac)?;
-                aead.decrypt_inout_detached(&(*nonce).into(), aad, body.into(), &tag)
-                    .map_err(|_| CipherError::BadMac)?;
-                increment(nonce);
-            }
-            Engine::Gcm256(aead, nonce) => {
-                let (head, tag) = packet.split_at_mut(body_end);
-                let (aad, body) = head.split_at_mut(4);
-                let tag = aes_gcm::aead::Tag::<aes_gcm::Aes256Gcm>::try_from(&*tag)
-                    .map_err(|_| CipherError::BadMac)?;
-                aead.decrypt_inout_detached(&(*nonce).into(), aad, body.into(), &tag)
-                    .map_err(|_| CipherError::BadMac)?;
-                increment(nonce);
-            }
+            Engine::Gcm128(aead, nonce) => gcm_open(&**aead, nonce, packet, body_end)?,
+            Engine::Gcm256(aead, nonce) => gcm_open(&**aead, nonce, packet, body_end)?,
             Engine::ChaCha { main, .. } => {
                 let nonce = u64::from(seq).to_be_bytes();
                 let mut c = chacha20::ChaCha20Legacy::new(&(*main).into(), &nonce.into());
@@ -378,6 +347,38 @@ impl Direction {
             None => Err(CipherError::BadPadding),
         }
     }
+}
+
+/// AES-GCM (RFC 5647): the length is the associated data, the rest is encrypted, the tag follows.
+fn gcm_seal<A>(aead: &A, nonce: &mut [u8; 12], buf: &mut Vec<u8>)
+where
+    A: aes_gcm::aead::AeadInOut<NonceSize = aes_gcm::aead::consts::U12>,
+{
+    let (aad, body) = buf.split_at_mut(4);
+    let tag = aead
+        .encrypt_inout_detached(&(*nonce).into(), aad, body.into())
+        .expect("GCM encrypts any packet size we make");
+    increment(nonce);
+    buf.extend_from_slice(&tag);
+}
+
+/// Checks and decrypts a GCM packet whose tag starts at `body_end`.
+fn gcm_open<A>(
+    aead: &A,
+    nonce: &mut [u8; 12],
+    packet: &mut [u8],
+    body_end: usize,
+) -> Result<(), CipherError>
+where
+    A: aes_gcm::aead::AeadInOut<NonceSize = aes_gcm::aead::consts::U12>,
+{
+    let (head, tag) = packet.split_at_mut(body_end);
+    let (aad, body) = head.split_at_mut(4);
+    let tag = aes_gcm::aead::Tag::<A>::try_from(&*tag).map_err(|_| CipherError::BadMac)?;
+    aead.decrypt_inout_detached(&(*nonce).into(), aad, body.into(), &tag)
+        .map_err(|_| CipherError::BadMac)?;
+    increment(nonce);
+    Ok(())
 }
 
 fn poly1305_tag(key: &[u8; 32], data: &[u8]) -> [u8; 16] {
