@@ -256,6 +256,31 @@ fn echo_hi_arrives_every_time() {
     }
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A runtime, a host listening on a free loopback port, and a tether started against it (the
+/// listener is bound first, so the tether's first connect succeeds).
+fn listening_tether(
+    cfg: &ExecutorConfig,
+    extra: &[&str],
+) -> (tokio::runtime::Runtime, vch::attach::Listening, Tether) {
+    let rt = runtime();
+    let port = free_port();
+    let listener = rt
+        .block_on(vch::attach::bind(&ListenAddr::Tcp(format!(
+            "127.0.0.1:{port}"
+        ))))
+        .unwrap();
+    let tether = Tether::start(cfg, port, extra);
+    (rt, listener, tether)
+}
+
 /// Everything a channel carries until CLOSE: its data and the `exit-status` payload.
 async fn output_and_status(ch: &mut tether_proto::ssh::Channel) -> (Vec<u8>, Option<Vec<u8>>) {
     let mut out = Vec::new();
@@ -289,15 +314,7 @@ where
     F: FnOnce(tether_proto::ssh::Handle) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let port = free_port();
-    let addr = ListenAddr::Tcp(format!("127.0.0.1:{port}"));
-    let listener = rt.block_on(vch::attach::bind(&addr)).unwrap();
-    let tether = Tether::start(cfg, port, &["--runblock-timeout", "30"]);
+    let (rt, listener, tether) = listening_tether(cfg, &["--runblock-timeout", "30"]);
     rt.block_on(async move {
         let line = listener.accept().await.unwrap();
         let h = vch::attach::connect_with(line, Duration::from_secs(30), client)
@@ -515,18 +532,7 @@ impl tether_proto::ssh::Handler for Pushes {
 
 #[test]
 fn exec_by_reload_request_is_pushed_to_the_host_and_attachable() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let port = free_port();
-    let listener = rt
-        .block_on(vch::attach::bind(&ListenAddr::Tcp(format!(
-            "127.0.0.1:{port}"
-        ))))
-        .unwrap();
-    let t = Tether::start(&config(session(&["sleep", "30"])), port, &[]);
+    let (rt, listener, t) = listening_tether(&config(session(&["sleep", "30"])), &[]);
     let file = t.dir.path().join("gi.vmx");
     rt.block_on(async move {
         let (tx, mut pushed) = tokio::sync::mpsc::unbounded_channel();
@@ -605,11 +611,7 @@ fn attach_over_a_serial_line() {
         .arg(dir.path().join("debug"))
         .spawn()
         .unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let master = pty.master;
         let flags = nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL).unwrap();
@@ -823,18 +825,7 @@ fn an_authorized_key_replaces_none() {
         debug_shell: false,
         authorized_key: key.public().to_openssh(),
     });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let port = free_port();
-    let listener = rt
-        .block_on(vch::attach::bind(&ListenAddr::Tcp(format!(
-            "127.0.0.1:{port}"
-        ))))
-        .unwrap();
-    let _t = Tether::start(&cfg, port, &[]);
+    let (rt, listener, _t) = listening_tether(&cfg, &[]);
     rt.block_on(async {
         // `none`, as VIC's VCH authenticates, is refused...
         let line = listener.accept().await.unwrap();
