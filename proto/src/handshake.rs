@@ -167,13 +167,14 @@ mod tests {
         b
     }
 
-    #[tokio::test]
-    async fn normal_exchange_byte_for_byte() {
-        let (mut host, mut tether) = duplex(1024);
-        let server = tokio::spawn(async move { serve(&mut tether).await.map(|()| tether) });
-        host.write_all(&[SYN, 0x41]).await.unwrap();
+    /// Plays VIC's host against our server: sends `first` (ending in `SYN token`), checks the
+    /// reply `ACK token+1 b` with b in [0, 254], answers `ACK b+1`, and expects the final ACK.
+    async fn host_dialogue(first: &[u8], token: u8, buffer: usize) {
+        let (mut host, mut tether) = duplex(buffer);
+        let server = tokio::spawn(async move { serve(&mut tether).await });
+        host.write_all(first).await.unwrap();
         let reply = read_n(&mut host, 3).await;
-        assert_eq!(&reply[..2], &[ACK, 0x42]);
+        assert_eq!(&reply[..2], &[ACK, token.wrapping_add(1)]);
         assert!(reply[2] <= 254);
         host.write_all(&[ACK, reply[2].wrapping_add(1)])
             .await
@@ -183,50 +184,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn token_254_wraps_to_255_and_255_to_0() {
-        let (mut host, mut tether) = duplex(1024);
-        let server = tokio::spawn(async move { serve(&mut tether).await });
-        host.write_all(&[SYN, 0xff]).await.unwrap();
-        let reply = read_n(&mut host, 3).await;
-        assert_eq!(reply[1], 0x00);
-        host.write_all(&[ACK, reply[2].wrapping_add(1)])
-            .await
-            .unwrap();
-        assert_eq!(read_n(&mut host, 1).await, [ACK]);
-        server.await.unwrap().unwrap();
+    async fn normal_exchange_byte_for_byte() {
+        host_dialogue(&[SYN, 0x41], 0x41, 1024).await;
+    }
+
+    #[tokio::test]
+    async fn token_255_wraps_to_0() {
+        host_dialogue(&[SYN, 0xff], 0xff, 1024).await;
     }
 
     #[tokio::test]
     async fn garbage_in_the_same_read_is_skipped() {
-        let (mut host, mut tether) = duplex(64 * 1024);
-        let server = tokio::spawn(async move { serve(&mut tether).await });
         let mut first = b"Linux version 6.1 ... boot noise ".repeat(30);
         assert!(first.len() > 800);
         first.extend_from_slice(&[SYN, 7]);
-        host.write_all(&first).await.unwrap();
-        let reply = read_n(&mut host, 3).await;
-        assert_eq!(&reply[..2], &[ACK, 8]);
-        host.write_all(&[ACK, reply[2].wrapping_add(1)])
-            .await
-            .unwrap();
-        assert_eq!(read_n(&mut host, 1).await, [ACK]);
-        server.await.unwrap().unwrap();
+        host_dialogue(&first, 7, 64 * 1024).await;
     }
 
     #[tokio::test]
     async fn comport_junk_then_repeated_syns() {
-        let (mut host, mut tether) = duplex(1024);
-        let server = tokio::spawn(async move { serve(&mut tether).await });
         let mut first: Vec<u8> = (0x01..=0x16).collect();
         first.extend_from_slice(&[SYN, 9, SYN, 9, SYN, 9]);
-        host.write_all(&first).await.unwrap();
-        let reply = read_n(&mut host, 3).await;
-        assert_eq!(&reply[..2], &[ACK, 10]);
-        host.write_all(&[ACK, reply[2].wrapping_add(1)])
-            .await
-            .unwrap();
-        assert_eq!(read_n(&mut host, 1).await, [ACK]);
-        server.await.unwrap().unwrap();
+        host_dialogue(&first, 9, 1024).await;
     }
 
     #[tokio::test]
