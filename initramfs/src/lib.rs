@@ -3,6 +3,8 @@
 //! header (`070701` and 13 fields of 8 hex digits), the name with its NUL padded to 4 bytes, the
 //! data padded to 4 bytes; then an entry named `TRAILER!!!`. Optionally gzip-compressed.
 
+pub mod modules;
+
 use std::io::Write;
 
 const MAGIC: &str = "070701";

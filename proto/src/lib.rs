@@ -6,6 +6,8 @@ pub mod extraconfig;
 pub mod guestinfo;
 pub mod handshake;
 pub mod iolog;
+pub mod modindex;
 pub mod rpc;
 pub mod signal;
 pub mod ssh;
+pub mod vm;

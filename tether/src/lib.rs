@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod attach;
 pub mod backdoor;
+pub mod bootstrap;
 pub mod cli;
 pub mod config_cmd;
 pub mod fanout;

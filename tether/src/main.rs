@@ -9,9 +9,16 @@ use tether::config_cmd;
 const EXIT_BAD_INPUT: u8 = 2;
 
 fn main() -> ExitCode {
-    // As PID 1 with no arguments (after switch_root), the tether is the containerVM's init.
-    if std::process::id() == 1 && std::env::args_os().len() == 1 {
-        tether::run::init(None);
+    if std::process::id() == 1 {
+        // As `/init` of the initramfs it is the bootstrap stage (the kernel may pass words of its
+        // command line as arguments); after switch_root, with no arguments, the container's init.
+        let argv0 = std::env::args_os().next().unwrap_or_default();
+        if std::path::Path::new(&argv0).file_name() == Some("init".as_ref()) {
+            tether::bootstrap::main();
+        }
+        if std::env::args_os().len() == 1 {
+            tether::run::init(None);
+        }
     }
     let cli = Cli::parse();
     match cli.command {

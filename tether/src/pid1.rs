@@ -194,7 +194,8 @@ pub fn raise_limits() -> Vec<String> {
 /// Settings from the kernel command line (`tether.KEY=VALUE`), with the VM's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootSettings {
-    /// `tether.guestinfo=`: `backdoor` on VMware; under QEMU the host serves it on a serial port.
+    /// `tether.guestinfo=`: by default `auto`: the backdoor on VMware, else the virtio port
+    /// `org.tether.guestinfo` a QEMU host serves it on.
     pub guestinfo: String,
     /// `tether.attach=`
     pub attach: String,
@@ -207,7 +208,7 @@ pub struct BootSettings {
 impl Default for BootSettings {
     fn default() -> Self {
         Self {
-            guestinfo: "backdoor".into(),
+            guestinfo: "auto".into(),
             attach: "serial:/dev/ttyS0".into(),
             debug_log: "/dev/ttyS1".into(),
             output_log: "/dev/ttyS2".into(),

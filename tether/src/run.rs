@@ -28,7 +28,8 @@ use crate::{logging, pid1};
 pub struct RunOptions {
     /// Where the config comes from: a `.vmx`-style FILE, `unix:PATH` or `tcp:HOST:PORT` (framed
     /// RPC, e.g. `vch guestinfo serve`), `serial:DEVICE` (the same over a serial port), or
-    /// `backdoor` (`backdoor!` skips the VMware CPU check).
+    /// `virtio:NAME` (a virtio-serial port), `backdoor` (`backdoor!` skips the VMware CPU check)
+    /// or `auto` (the backdoor on VMware, else the virtio port `org.tether.guestinfo`).
     #[arg(long)]
     pub guestinfo: String,
     /// The attach line: `tcp:HOST:PORT` or `unix:PATH` (the tether connects to the host, as the
@@ -59,6 +60,21 @@ pub fn open_guestinfo(spec: &str) -> anyhow::Result<Box<dyn GuestInfo>> {
         _ if spec == "backdoor" || spec == "backdoor!" => {
             Box::new(Backdoor::open(spec.ends_with('!'))?)
         }
+        // VMware's backdoor when it is there; otherwise the port a QEMU host serves guestinfo on.
+        _ if spec == "auto" => match Backdoor::open(false) {
+            Ok(b) => Box::new(b),
+            Err(backdoor) => {
+                let path = virtio_port(Path::new("/sys"), GUESTINFO_PORT).with_context(|| {
+                    format!("no guestinfo: not on VMware ({backdoor}) and no virtio port {GUESTINFO_PORT:?}")
+                })?;
+                open_port(&path)?
+            }
+        },
+        Some(("virtio", name)) => {
+            let path = virtio_port(Path::new("/sys"), name)
+                .with_context(|| format!("no virtio port named {name:?}"))?;
+            open_port(&path)?
+        }
         Some(("unix", path)) => Box::new(StreamGuestInfo::new(
             UnixStream::connect(path).with_context(|| format!("connecting to {path}"))?,
         )),
@@ -71,10 +87,33 @@ pub fn open_guestinfo(spec: &str) -> anyhow::Result<Box<dyn GuestInfo>> {
         )),
         Some(("file", path)) => Box::new(VmxFile::open(path)?),
         Some((scheme, _)) if !spec.starts_with('/') && !spec.starts_with('.') => {
-            bail!("{spec:?}: unknown guestinfo source {scheme:?} (a file, unix:, tcp:, serial:, backdoor)")
+            bail!("{spec:?}: unknown guestinfo source {scheme:?} (a file, unix:, tcp:, serial:, virtio:, backdoor, auto)")
         }
         _ => Box::new(VmxFile::open(spec)?),
     })
+}
+
+use tether_proto::vm::GUESTINFO_PORT;
+
+/// The device of the virtio-serial port called `name` (`/dev/vportNpM`, found through sysfs).
+pub fn virtio_port(sys: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = sys.join("class/virtio-ports");
+    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let e = e?;
+        if std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name) {
+            return Ok(Path::new("/dev").join(e.file_name()));
+        }
+    }
+    bail!("none of {} is named {name:?}", dir.display())
+}
+
+fn open_port(path: &Path) -> anyhow::Result<Box<dyn GuestInfo>> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    Ok(Box::new(StreamGuestInfo::new(f)))
 }
 
 fn secs(s: f64) -> Duration {

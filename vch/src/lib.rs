@@ -1,6 +1,11 @@
 //! `vch`: plays the VCH's part for containerVMs under QEMU/KVM and for the tether in process mode.
 
 pub mod attach;
+pub mod container;
+pub mod front;
 pub mod guestinfo_server;
+pub mod image;
 pub mod logs;
+pub mod supervisor;
 pub mod sys;
+pub mod vm;

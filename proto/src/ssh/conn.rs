@@ -76,6 +76,8 @@ struct Chan {
     /// Channels we opened report here; the peer's go to the handler.
     events: Option<mpsc::UnboundedSender<ChannelEvent>>,
     opening: Option<oneshot::Sender<Result<Channel, OpenFailure>>>,
+    /// The peer opened it and the handler answers later ([`Handler::channel_open_later`]).
+    confirming: bool,
 }
 
 impl Chan {
@@ -94,6 +96,7 @@ impl Chan {
             requests: VecDeque::new(),
             events: None,
             opening: None,
+            confirming: false,
         }
     }
 }
@@ -875,8 +878,10 @@ impl<H: Handler> Conn<H> {
             msg::GLOBAL_REQUEST => {
                 let name = r.utf8()?.to_string();
                 let want_reply = r.bool()?;
-                let answer = self.handler.global_request(&name, r.rest());
-                if want_reply {
+                let answer = self
+                    .handler
+                    .global_request_later(&name, r.rest(), want_reply);
+                if let (true, Some(answer)) = (want_reply, answer) {
                     let p = match answer {
                         Some(data) => Writer::msg(msg::REQUEST_SUCCESS).raw(&data).finish(),
                         None => vec![msg::REQUEST_FAILURE],
@@ -902,25 +907,18 @@ impl<H: Handler> Conn<H> {
                 let max = r.u32()?;
                 let id = self.next_channel;
                 self.next_channel = self.next_channel.wrapping_add(1);
-                match self.handler.channel_open(ChannelId(id), &typ, r.rest()) {
-                    Ok(()) => {
-                        let mut ch = Chan::new(&self.limits);
-                        ch.remote = remote;
-                        ch.remote_window = u64::from(window);
-                        ch.remote_max = max;
-                        self.channels.insert(id, ch);
-                        let mut w = Writer::msg(msg::CHANNEL_OPEN_CONFIRMATION);
-                        w.u32(remote)
-                            .u32(id)
-                            .u32(self.limits.window)
-                            .u32(self.limits.max_packet);
-                        self.send(w.finish()).await
-                    }
-                    Err(f) => {
-                        let mut w = Writer::msg(msg::CHANNEL_OPEN_FAILURE);
-                        w.u32(remote).u32(f.reason).string(f.description).string("");
-                        self.send(w.finish()).await
-                    }
+                let mut ch = Chan::new(&self.limits);
+                ch.remote = remote;
+                ch.remote_window = u64::from(window);
+                ch.remote_max = max;
+                ch.confirming = true;
+                self.channels.insert(id, ch);
+                match self
+                    .handler
+                    .channel_open_later(ChannelId(id), &typ, r.rest())
+                {
+                    Some(answer) => self.answer_open(id, answer).await,
+                    None => Ok(()),
                 }
             }
             msg::CHANNEL_OPEN_CONFIRMATION => {
@@ -1038,22 +1036,25 @@ impl<H: Handler> Conn<H> {
                 let want_reply = r.bool()?;
                 let data = r.rest().to_vec();
                 let ch = self.chan(id)?;
-                let remote = ch.remote;
                 let ok = match &ch.events {
                     Some(ev) => {
                         let _ = ev.send(ChannelEvent::Request { name, data });
                         false
                     }
-                    None => self.handler.channel_request(ChannelId(id), &name, &data),
+                    None => {
+                        match self.handler.channel_request_later(
+                            ChannelId(id),
+                            &name,
+                            &data,
+                            want_reply,
+                        ) {
+                            Some(ok) => ok,
+                            None => return Ok(()),
+                        }
+                    }
                 };
                 if want_reply && self.channels.contains_key(&id) {
-                    let mut w = Writer::msg(if ok {
-                        msg::CHANNEL_SUCCESS
-                    } else {
-                        msg::CHANNEL_FAILURE
-                    });
-                    w.u32(remote);
-                    self.send(w.finish()).await?;
+                    self.answer_request(id, ok).await?;
                 }
                 Ok(())
             }
@@ -1071,6 +1072,50 @@ impl<H: Handler> Conn<H> {
             }
             n => Err(protocol(format!("unexpected message {n}"))),
         }
+    }
+
+    /// Confirms or refuses a channel the peer opened.
+    async fn answer_open(
+        &mut self,
+        id: u32,
+        answer: Result<(), OpenFailure>,
+    ) -> Result<(), SshError> {
+        let Some(ch) = self.channels.get_mut(&id).filter(|c| c.confirming) else {
+            return Ok(());
+        };
+        let remote = ch.remote;
+        match answer {
+            Ok(()) => {
+                ch.confirming = false;
+                let mut w = Writer::msg(msg::CHANNEL_OPEN_CONFIRMATION);
+                w.u32(remote)
+                    .u32(id)
+                    .u32(self.limits.window)
+                    .u32(self.limits.max_packet);
+                self.send(w.finish()).await?;
+                self.pump(id).await
+            }
+            Err(f) => {
+                self.channels.remove(&id);
+                let mut w = Writer::msg(msg::CHANNEL_OPEN_FAILURE);
+                w.u32(remote).u32(f.reason).string(f.description).string("");
+                self.send(w.finish()).await
+            }
+        }
+    }
+
+    /// Answers the peer's channel request (in the order the requests came).
+    async fn answer_request(&mut self, id: u32, ok: bool) -> Result<(), SshError> {
+        let Some(ch) = self.channels.get(&id) else {
+            return Ok(());
+        };
+        let mut w = Writer::msg(if ok {
+            msg::CHANNEL_SUCCESS
+        } else {
+            msg::CHANNEL_FAILURE
+        });
+        w.u32(ch.remote);
+        self.send(w.finish()).await
     }
 
     /// Gives `n` consumed bytes back to the peer, in batches of at least a quarter window.
@@ -1095,7 +1140,7 @@ impl<H: Handler> Conn<H> {
     async fn pump(&mut self, id: u32) -> Result<(), SshError> {
         let mut packets = Vec::new();
         if let Some(ch) = self.channels.get_mut(&id) {
-            if ch.opening.is_some() || ch.sent_close {
+            if ch.opening.is_some() || ch.confirming || ch.sent_close {
                 return Ok(());
             }
             while let Some(p) = ch.queue.front_mut() {
@@ -1225,6 +1270,15 @@ impl<H: Handler> Conn<H> {
                     .u32(self.limits.max_packet)
                     .raw(&extra);
                 self.send(w.finish()).await
+            }
+            Command::AnswerOpen(ch, answer) => self.answer_open(ch, answer).await,
+            Command::AnswerRequest(ch, ok) => self.answer_request(ch, ok).await,
+            Command::AnswerGlobal(answer) => {
+                let p = match answer {
+                    Some(data) => Writer::msg(msg::REQUEST_SUCCESS).raw(&data).finish(),
+                    None => vec![msg::REQUEST_FAILURE],
+                };
+                self.send(p).await
             }
             Command::Disconnect(why) => {
                 let mut w = Writer::msg(msg::DISCONNECT);

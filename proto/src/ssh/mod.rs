@@ -200,6 +200,38 @@ pub trait Handler: Send + 'static {
     }
     fn eof(&mut self, _ch: ChannelId) {}
     fn closed(&mut self, _ch: ChannelId) {}
+
+    /// For a handler that answers after asking elsewhere (a relay): `None` promises a later
+    /// [`Handle::answer_open`]. The default answers now with [`Handler::channel_open`].
+    fn channel_open_later(
+        &mut self,
+        ch: ChannelId,
+        typ: &str,
+        extra: &[u8],
+    ) -> Option<Result<(), OpenFailure>> {
+        Some(self.channel_open(ch, typ, extra))
+    }
+    /// `None` promises a later [`Handle::answer_request`] when `want_reply` (answers go in the
+    /// order of the requests). The default answers now with [`Handler::channel_request`].
+    fn channel_request_later(
+        &mut self,
+        ch: ChannelId,
+        name: &str,
+        data: &[u8],
+        _want_reply: bool,
+    ) -> Option<bool> {
+        Some(self.channel_request(ch, name, data))
+    }
+    /// `None` promises a later [`Handle::answer_global`] when `want_reply` (in request order).
+    /// The default answers now with [`Handler::global_request`].
+    fn global_request_later(
+        &mut self,
+        name: &str,
+        data: &[u8],
+        _want_reply: bool,
+    ) -> Option<Option<Vec<u8>>> {
+        Some(self.global_request(name, data))
+    }
 }
 
 /// A handler that refuses everything (a client that only opens channels itself).
@@ -246,6 +278,9 @@ pub(crate) enum Command {
         extra: Vec<u8>,
         reply: oneshot::Sender<Result<Channel, OpenFailure>>,
     },
+    AnswerOpen(u32, Result<(), OpenFailure>),
+    AnswerRequest(u32, bool),
+    AnswerGlobal(Option<Vec<u8>>),
     Disconnect(String),
 }
 
@@ -353,6 +388,25 @@ impl Handle {
         })
         .await?;
         rx.await.map_err(|_| SshError::Closed)
+    }
+
+    /// The answer to a channel open the handler deferred.
+    pub async fn answer_open(
+        &self,
+        ch: ChannelId,
+        answer: Result<(), OpenFailure>,
+    ) -> Result<(), SshError> {
+        self.send(Command::AnswerOpen(ch.0, answer)).await
+    }
+
+    /// The answer to a channel request the handler deferred.
+    pub async fn answer_request(&self, ch: ChannelId, ok: bool) -> Result<(), SshError> {
+        self.send(Command::AnswerRequest(ch.0, ok)).await
+    }
+
+    /// The answer to a global request the handler deferred.
+    pub async fn answer_global(&self, answer: Option<Vec<u8>>) -> Result<(), SshError> {
+        self.send(Command::AnswerGlobal(answer)).await
     }
 
     /// Disconnects with a reason shown to the peer.

@@ -1,0 +1,496 @@
+//! The bootstrap stage: the tether binary running as `/init` of the initramfs. It mounts what the
+//! kernel does not, loads the kernel modules that match the devices present, waits for the
+//! container's disk (an ext4 filesystem labelled `containerfs`), mounts it with a tmpfs at
+//! `/.tether` holding a copy of this binary, moves /dev /proc /sys into it, switches root, and
+//! execs `/.tether/tether` as PID 1. Any failure is told on the debug port and the VM powers off.
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, MsFlags};
+use tether_proto::modindex::ModuleIndex;
+
+pub use tether_proto::vm::CONTAINERFS_LABEL;
+/// Where the index of packed modules lives in the initramfs.
+pub const MODULE_DIR: &str = "/lib/modules";
+pub const INDEX_FILE: &str = "tether.index";
+const NEW_ROOT: &str = "/mnt/containerfs";
+
+/// The ext4 (or ext2/3) label of a filesystem whose first 2 KiB are `head`; `None` when the
+/// superblock magic is not there.
+pub fn ext_label(head: &[u8]) -> Option<String> {
+    // The superblock starts at byte 1024: magic at offset 0x38, volume name (16 bytes) at 0x78.
+    let magic = head.get(1024 + 0x38..1024 + 0x3a)?;
+    if magic != [0x53, 0xef] {
+        return None;
+    }
+    let name = head.get(1024 + 0x78..1024 + 0x88)?;
+    let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+}
+
+/// The kernel's block devices under `sys` (`/sys`), partitions included; loop devices, RAM disks
+/// and CD-ROMs left out.
+pub fn block_devices(sys: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(sys.join("class/block"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| {
+            !["loop", "ram", "sr", "zram"]
+                .iter()
+                .any(|p| n.starts_with(p))
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Finds the block device whose filesystem carries `label`; `dev` is `/dev`.
+pub fn find_labelled(sys: &Path, dev: &Path, label: &str) -> Option<PathBuf> {
+    block_devices(sys).into_iter().find_map(|name| {
+        let path = dev.join(&name);
+        let mut head = vec![0u8; 2048];
+        let mut f = File::open(&path).ok()?;
+        f.read_exact(&mut head).ok()?;
+        (ext_label(&head)? == label).then_some(path)
+    })
+}
+
+/// Every device's `modalias` under `sys` (`/sys`).
+pub fn modaliases(sys: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for bus in std::fs::read_dir(sys.join("bus"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        for dev in std::fs::read_dir(bus.path().join("devices"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(a) = std::fs::read_to_string(dev.path().join("modalias")) {
+                let a = a.trim();
+                if !a.is_empty() {
+                    out.insert(a.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Loads kernel modules from files; behind a trait so that selection is tested without root.
+pub trait ModuleLoader {
+    fn load(&mut self, file: &Path) -> Result<(), String>;
+}
+
+pub struct Finit;
+
+impl ModuleLoader for Finit {
+    fn load(&mut self, file: &Path) -> Result<(), String> {
+        let f = File::open(file).map_err(|e| e.to_string())?;
+        match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
+/// Loads modules once each, dependencies first.
+pub struct Modules<L> {
+    index: ModuleIndex,
+    dir: PathBuf,
+    loader: L,
+    loaded_modules: BTreeSet<String>,
+    loaded_files: BTreeSet<String>,
+    /// Modules that failed, with why (reported once).
+    pub failures: Vec<String>,
+}
+
+impl<L: ModuleLoader> Modules<L> {
+    pub fn new(index: ModuleIndex, dir: PathBuf, loader: L) -> Self {
+        Self {
+            index,
+            dir,
+            loader,
+            loaded_modules: BTreeSet::new(),
+            loaded_files: BTreeSet::new(),
+            failures: Vec::new(),
+        }
+    }
+
+    /// Loads a module and what it needs; returns whether anything new was tried.
+    pub fn load(&mut self, name: &str) -> bool {
+        if !self.loaded_modules.insert(name.to_string()) {
+            return false;
+        }
+        let files = self.index.modules.get(name).cloned().unwrap_or_default();
+        for f in files {
+            if !self.loaded_files.insert(f.clone()) {
+                continue;
+            }
+            if let Err(e) = self.loader.load(&self.dir.join(&f)) {
+                // A CPU-specific variant may refuse (ENODEV) while its generic twin loads.
+                self.failures.push(format!("{f}: {e}"));
+            }
+        }
+        true
+    }
+
+    pub fn load_always(&mut self) {
+        for m in self.index.always.clone() {
+            self.load(&m);
+        }
+    }
+
+    /// Loads the modules matching any of `aliases`; returns the names newly loaded.
+    pub fn load_matching(&mut self, aliases: &BTreeSet<String>) -> Vec<String> {
+        let wanted: BTreeSet<String> = aliases
+            .iter()
+            .flat_map(|a| self.index.matching(a).map(String::from).collect::<Vec<_>>())
+            .collect();
+        wanted.into_iter().filter(|m| self.load(m)).collect()
+    }
+}
+
+/// Settings of the bootstrap stage from the kernel command line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `tether.debug=`
+    pub debug_log: String,
+    /// `tether.rootwait=SECONDS`: how long to wait for the container's disk.
+    pub root_wait: Duration,
+}
+
+impl Settings {
+    pub fn from_cmdline(cmdline: &str) -> Self {
+        let mut s = Self {
+            debug_log: "/dev/ttyS1".into(),
+            root_wait: Duration::from_secs(30),
+        };
+        for (k, v) in cmdline.split_whitespace().filter_map(|w| w.split_once('=')) {
+            match k {
+                "tether.debug" => s.debug_log = v.into(),
+                "tether.rootwait" => {
+                    if let Ok(secs) = v.parse::<f64>() {
+                        s.root_wait = Duration::try_from_secs_f64(secs).unwrap_or(s.root_wait);
+                    }
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+}
+
+fn say(line: &str) {
+    tracing::info!("bootstrap: {line}");
+}
+
+/// The bootstrap stage. Never returns: it becomes the container's tether or powers off.
+pub fn main() -> ! {
+    let early = early_mounts();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let settings = Settings::from_cmdline(&cmdline);
+    let out: Box<dyn std::io::Write + Send> =
+        match crate::sys::serial::open_raw(Path::new(&settings.debug_log), true) {
+            Ok(f) => Box::new(f),
+            Err(_) => Box::new(std::io::stderr()),
+        };
+    crate::logging::init(out);
+    std::panic::set_hook(Box::new(|info| tracing::error!("bootstrap panic: {info}")));
+    for e in early {
+        tracing::warn!("bootstrap: {e}");
+    }
+    let result = std::panic::catch_unwind(|| boot(&settings));
+    let why = match result {
+        Ok(Err(e)) => e,
+        Ok(Ok(never)) => match never {},
+        Err(_) => "the bootstrap stage panicked".to_string(),
+    };
+    tracing::error!("bootstrap: {why}; powering off");
+    crate::pid1::power_off()
+}
+
+fn early_mounts() -> Vec<String> {
+    let mut errors = Vec::new();
+    for (src, target, fstype, data) in [
+        ("proc", "/proc", "proc", None),
+        ("sysfs", "/sys", "sysfs", None),
+        ("devtmpfs", "/dev", "devtmpfs", Some("mode=0755")),
+    ] {
+        let _ = std::fs::create_dir_all(target);
+        if let Err(e) = mount(Some(src), target, Some(fstype), MsFlags::MS_NOSUID, data) {
+            errors.push(format!("mount {fstype} on {target}: {e}"));
+        }
+    }
+    errors
+}
+
+enum Never {}
+
+fn boot(settings: &Settings) -> Result<Never, String> {
+    let started = Instant::now();
+    let index_path = Path::new(MODULE_DIR).join(INDEX_FILE);
+    let index = match std::fs::read_to_string(&index_path) {
+        Ok(text) => {
+            ModuleIndex::parse(&text).map_err(|e| format!("{}: {e}", index_path.display()))?
+        }
+        Err(e) => {
+            tracing::warn!("bootstrap: no module index ({e}); relying on built-in drivers");
+            ModuleIndex::default()
+        }
+    };
+    let mut modules = Modules::new(index, PathBuf::from(MODULE_DIR), Finit);
+    modules.load_always();
+    let sys = Path::new("/sys");
+    let deadline = started + settings.root_wait;
+    let disk = loop {
+        let new = modules.load_matching(&modaliases(sys));
+        if !new.is_empty() {
+            say(&format!("loaded {}", new.join(" ")));
+            continue; // new drivers may bring new devices at once
+        }
+        if let Some(d) = find_labelled(sys, Path::new("/dev"), CONTAINERFS_LABEL) {
+            break d;
+        }
+        if Instant::now() >= deadline {
+            let seen = block_devices(sys);
+            return Err(format!(
+                "no disk labelled {CONTAINERFS_LABEL:?} after {:?} (block devices: {}; module failures: {})",
+                settings.root_wait,
+                if seen.is_empty() { "none".into() } else { seen.join(" ") },
+                if modules.failures.is_empty() { "none".into() } else { modules.failures.join("; ") },
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    // Late devices of the same scan (a guestinfo port, vsock) get their drivers too.
+    let late = modules.load_matching(&modaliases(sys));
+    if !late.is_empty() {
+        say(&format!("loaded {}", late.join(" ")));
+    }
+    for f in &modules.failures {
+        tracing::warn!("bootstrap: module {f}");
+    }
+    say(&format!(
+        "found {} after {} ms",
+        disk.display(),
+        started.elapsed().as_millis()
+    ));
+    enter(&disk)
+}
+
+/// Mounts the container's disk, prepares `/.tether`, switches root and execs the tether.
+fn enter(disk: &Path) -> Result<Never, String> {
+    let root = Path::new(NEW_ROOT);
+    std::fs::create_dir_all(root).map_err(|e| format!("mkdir {NEW_ROOT}: {e}"))?;
+    mount(Some(disk), root, Some("ext4"), MsFlags::empty(), None::<&str>).map_err(|e| {
+        format!(
+            "mounting {} (ext4) on {NEW_ROOT}: {e}; the disk is labelled {CONTAINERFS_LABEL:?} but does not mount",
+            disk.display()
+        )
+    })?;
+    for d in [".tether", "dev", "proc", "sys"] {
+        std::fs::create_dir_all(root.join(d))
+            .map_err(|e| format!("mkdir /{d} in the container: {e}"))?;
+    }
+    let tether_dir = root.join(".tether");
+    mount(
+        Some("tmpfs"),
+        &tether_dir,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("size=64m,mode=755"),
+    )
+    .map_err(|e| format!("tmpfs on /.tether: {e}"))?;
+    let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
+    std::fs::copy(&me, tether_dir.join("tether"))
+        .map_err(|e| format!("copying {} to /.tether/tether: {e}", me.display()))?;
+    for d in ["dev", "proc", "sys"] {
+        let from = format!("/{d}");
+        mount(
+            Some(from.as_str()),
+            &root.join(d),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|e| format!("moving /{d} into the container: {e}"))?;
+    }
+    // The initramfs is of no more use: free its memory before leaving it.
+    remove_initramfs();
+    std::env::set_current_dir(root).map_err(|e| format!("chdir {NEW_ROOT}: {e}"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| format!("moving the container's root to /: {e}"))?;
+    nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
+    let path = CString::new("/.tether/tether").expect("no NUL");
+    let Err(e) = nix::unistd::execv(&path, &[&path]);
+    Err(format!("exec /.tether/tether: {e}"))
+}
+
+/// Deletes the initramfs' files: those on the root's own device. The new root is a mount of
+/// another device and is left alone, as are the mounts moved into it.
+fn remove_initramfs() {
+    use std::os::unix::fs::MetadataExt as _;
+    fn walk(dir: &Path, dev: u64) {
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.dev() != dev {
+                continue;
+            }
+            if m.is_dir() {
+                walk(&p, dev);
+                let _ = std::fs::remove_dir(&p); // fails, harmlessly, on the way to the new root
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+    if let Ok(m) = std::fs::metadata("/") {
+        walk(Path::new("/"), m.dev());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mkfs(dir: &Path, label: &str) -> Option<PathBuf> {
+        let img = dir.join(format!("{label}.img"));
+        let ok = std::process::Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-L", label])
+            .arg(&img)
+            .arg("4M")
+            .env("PATH", "/usr/sbin:/sbin:/usr/bin:/bin")
+            .status()
+            .ok()?
+            .success();
+        ok.then_some(img)
+    }
+
+    #[test]
+    fn finds_the_disk_by_its_ext4_label() {
+        let t = tempfile::tempdir().unwrap();
+        let (sys, dev) = (t.path().join("sys"), t.path().join("dev"));
+        std::fs::create_dir_all(sys.join("class/block")).unwrap();
+        std::fs::create_dir_all(&dev).unwrap();
+        let other = mkfs(t.path(), "scratch").expect("mkfs.ext4 (e2fsprogs) is needed");
+        let ours = mkfs(t.path(), CONTAINERFS_LABEL).unwrap();
+        for (name, img) in [("sda", &other), ("sdb", &ours), ("loop0", &ours)] {
+            std::fs::create_dir(sys.join("class/block").join(name)).unwrap();
+            std::fs::copy(img, dev.join(name)).unwrap();
+        }
+        std::fs::create_dir(sys.join("class/block/vda")).unwrap();
+        std::fs::write(dev.join("vda"), vec![0u8; 4096]).unwrap(); // not a filesystem
+        assert_eq!(
+            block_devices(&sys),
+            ["sda", "sdb", "vda"],
+            "loop devices are skipped"
+        );
+        assert_eq!(
+            find_labelled(&sys, &dev, CONTAINERFS_LABEL),
+            Some(dev.join("sdb"))
+        );
+        assert_eq!(find_labelled(&sys, &dev, "nope"), None);
+        let head = std::fs::read(&other).unwrap();
+        assert_eq!(ext_label(&head[..2048]).as_deref(), Some("scratch"));
+        assert_eq!(ext_label(&[0u8; 2048]), None);
+        assert_eq!(
+            ext_label(&[0u8; 100]),
+            None,
+            "a short read is not a filesystem"
+        );
+    }
+
+    struct Recorder(Vec<String>);
+    impl ModuleLoader for &mut Recorder {
+        fn load(&mut self, file: &Path) -> Result<(), String> {
+            let f = file.file_name().unwrap().to_string_lossy().into_owned();
+            self.0.push(f.clone());
+            if f == "crc32c-intel.ko" {
+                return Err("No such device".into());
+            }
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn loads_what_the_devices_present_need_once_each() {
+        let t = tempfile::tempdir().unwrap();
+        let sys = t.path();
+        for (bus, dev, alias) in [
+            (
+                "pci",
+                "0000:00:04.0",
+                "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
+            ),
+            (
+                "pci",
+                "0000:00:05.0",
+                "pci:v00008086d00007010sv00000000sd00000000bc01sc01i80",
+            ),
+            ("virtio", "virtio0", "virtio:d00000002v00001AF4"),
+        ] {
+            let d = sys.join("bus").join(bus).join("devices").join(dev);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("modalias"), format!("{alias}\n")).unwrap();
+        }
+        let index = ModuleIndex::parse(
+            "module virtio_pci v/virtio_ring.ko v/virtio.ko v/virtio_pci.ko\n\
+             module virtio_blk v/virtio_ring.ko v/virtio.ko v/virtio_blk.ko\n\
+             module vmw_pvscsi s/vmw_pvscsi.ko\n\
+             module ext4 c/crc32c-intel.ko c/crc32c_generic.ko e/ext4.ko\n\
+             alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n\
+             alias virtio:d00000002v* virtio_blk\n\
+             alias pci:v000015ADd000007C0sv*sd*bc*sc*i* vmw_pvscsi\n\
+             always ext4\n",
+        )
+        .unwrap();
+        let mut rec = Recorder(Vec::new());
+        let mut m = Modules::new(index, PathBuf::from("/lib/modules"), &mut rec);
+        m.load_always();
+        let aliases = modaliases(sys);
+        assert_eq!(m.load_matching(&aliases), ["virtio_blk", "virtio_pci"]);
+        assert!(
+            m.load_matching(&aliases).is_empty(),
+            "a second scan loads nothing"
+        );
+        assert_eq!(m.failures, ["c/crc32c-intel.ko: No such device"]);
+        assert_eq!(
+            rec.0,
+            [
+                "crc32c-intel.ko",
+                "crc32c_generic.ko",
+                "ext4.ko",
+                "virtio_ring.ko",
+                "virtio.ko",
+                "virtio_blk.ko",
+                "virtio_pci.ko"
+            ],
+            "shared dependencies load once, before their users; pvscsi is not present"
+        );
+    }
+
+    #[test]
+    fn kernel_command_line() {
+        let s = Settings::from_cmdline("console=ttyS1 tether.rootwait=2.5 tether.debug=/dev/ttyS3");
+        assert_eq!(s.root_wait, Duration::from_millis(2500));
+        assert_eq!(s.debug_log, "/dev/ttyS3");
+        assert_eq!(
+            Settings::from_cmdline("").root_wait,
+            Duration::from_secs(30)
+        );
+    }
+}

@@ -1,0 +1,279 @@
+//! A containerVM's state on the host: one directory per container under the state root, holding
+//! its guestinfo (`config.vmx`, VIC's keys; the tether's writes land there), its disk (a qcow2
+//! overlay on the image), `tether.debug`, `output.log`, the supervisor's sockets and log, and
+//! `meta.json`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use serde::{Deserialize, Serialize};
+use tether_proto::config::{Cmd, Common, ExecutorConfig, SessionConfig, TetherExtensions};
+use tether_proto::extraconfig::KeyValues;
+use tether_proto::guestinfo::vmx::VmxFile;
+
+/// The state root: `$VCH_STATE`, else `$XDG_STATE_HOME/vch`, else `~/.local/state/vch`.
+pub fn state_root() -> PathBuf {
+    if let Some(p) = std::env::var_os("VCH_STATE") {
+        return p.into();
+    }
+    if let Some(p) = std::env::var_os("XDG_STATE_HOME") {
+        return Path::new(&p).join("vch");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".local/state/vch")
+}
+
+/// How the VM boots.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BootMode {
+    /// `-kernel vmlinux -initrd` (PVH entry, the fast path).
+    Kernel,
+    /// `-cdrom bootstrap.iso`, as on VMware.
+    Iso,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Meta {
+    pub id: String,
+    pub name: String,
+    pub image: PathBuf,
+    pub command: Vec<String>,
+    pub tty: bool,
+    pub boot: BootMode,
+    pub memory_mib: u32,
+    /// Extra words for the kernel command line (the `-kernel` path only).
+    #[serde(default)]
+    pub cmdline: String,
+}
+
+pub struct Container {
+    pub dir: PathBuf,
+    pub meta: Meta,
+}
+
+/// What `vch run` asks for.
+#[derive(Clone, Debug, Default)]
+pub struct RunSpec {
+    pub name: Option<String>,
+    pub command: Vec<String>,
+    pub env: Vec<String>,
+    pub workdir: Option<String>,
+    pub user: Option<String>,
+    pub tty: bool,
+    pub interactive: bool,
+    pub attached: bool,
+    pub debug: i32,
+    pub debug_shell: bool,
+}
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A new random ID (64 hex digits, as docker's).
+pub fn new_id() -> String {
+    let mut b = [0u8; 32];
+    tether_proto::ssh::random(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A session as VIC's VCH writes it for a container's command or an exec.
+pub fn session(id: &str, name: &str, spec: &RunSpec) -> SessionConfig {
+    let mut env = vec![DEFAULT_PATH.to_string()];
+    if spec.tty {
+        env.push("TERM=xterm".into());
+    }
+    for e in &spec.env {
+        let key = e.split('=').next().unwrap_or(e);
+        env.retain(|x| x.split('=').next() != Some(key));
+        env.push(e.clone());
+    }
+    SessionConfig {
+        common: Common {
+            id: id.to_string(),
+            name: name.to_string(),
+            ..Common::default()
+        },
+        cmd: Cmd {
+            path: spec.command[0].clone(),
+            args: spec.command.clone(),
+            env,
+            dir: spec.workdir.clone().unwrap_or_else(|| "/".into()),
+        },
+        attach: spec.attached,
+        open_stdin: spec.interactive,
+        // Attached: the process waits for the client, so that no output is missed.
+        run_block: spec.attached,
+        active: true,
+        tty: spec.tty,
+        stop_signal: "TERM".into(),
+        user: spec.user.clone().unwrap_or_default(),
+        ..SessionConfig::default()
+    }
+}
+
+/// The executor config of a new container.
+pub fn executor_config(id: &str, name: &str, spec: &RunSpec) -> ExecutorConfig {
+    let mut c = ExecutorConfig::default();
+    c.common.id = id.to_string();
+    c.common.name = name.to_string();
+    c.debug_level = spec.debug;
+    c.hostname = name
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect();
+    c.sessions.insert(id.to_string(), session(id, name, spec));
+    if spec.debug_shell {
+        c.tether = Some(TetherExtensions {
+            debug_shell: true,
+            ..TetherExtensions::default()
+        });
+    }
+    c
+}
+
+impl Container {
+    pub fn config_file(&self) -> PathBuf {
+        self.dir.join("config.vmx")
+    }
+    pub fn ctl_socket(&self) -> PathBuf {
+        self.dir.join("ctl.sock")
+    }
+    pub fn gi_socket(&self) -> PathBuf {
+        self.dir.join("gi.sock")
+    }
+    pub fn disk(&self) -> PathBuf {
+        self.dir.join("disk.qcow2")
+    }
+    pub fn debug_log(&self) -> PathBuf {
+        self.dir.join("tether.debug")
+    }
+    pub fn output_log(&self) -> PathBuf {
+        self.dir.join("output.log")
+    }
+    pub fn supervisor_log(&self) -> PathBuf {
+        self.dir.join("supervisor.log")
+    }
+    pub fn pid_file(&self) -> PathBuf {
+        self.dir.join("supervisor.pid")
+    }
+
+    /// Makes the state directory, the guestinfo file and the disk overlay.
+    pub fn create(root: &Path, meta: Meta, config: &ExecutorConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(root)?;
+        if Self::all(root)?.iter().any(|c| c.meta.name == meta.name) {
+            bail!("the name {:?} is in use", meta.name);
+        }
+        let dir = root.join(&meta.id);
+        std::fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        let c = Self { dir, meta };
+        let mut kv = KeyValues::new();
+        for (k, v) in config.encode() {
+            kv.insert(k, v);
+        }
+        VmxFile::create(c.config_file(), kv)?;
+        let image = std::fs::canonicalize(&c.meta.image)
+            .with_context(|| format!("the image {}", c.meta.image.display()))?;
+        let out = std::process::Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2", "-F", "vmdk", "-b"])
+            .arg(&image)
+            .arg(c.disk())
+            .output()
+            .context("running qemu-img")?;
+        if !out.status.success() {
+            bail!(
+                "qemu-img create: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        std::fs::write(c.dir.join("meta.json"), serde_json::to_vec_pretty(&c.meta)?)?;
+        Ok(c)
+    }
+
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let meta: Meta = serde_json::from_slice(
+            &std::fs::read(dir.join("meta.json"))
+                .with_context(|| format!("reading {}", dir.join("meta.json").display()))?,
+        )?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            meta,
+        })
+    }
+
+    pub fn all(root: &Path) -> anyhow::Result<Vec<Self>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            if let Ok(c) = Self::open(&e.path()) {
+                out.push(c);
+            }
+        }
+        out.sort_by(|a, b| a.meta.name.cmp(&b.meta.name));
+        Ok(out)
+    }
+
+    /// By name, full ID or an unambiguous ID prefix.
+    pub fn find(root: &Path, what: &str) -> anyhow::Result<Self> {
+        let all = Self::all(root)?;
+        if let Some(i) = all
+            .iter()
+            .position(|c| c.meta.name == what || c.meta.id == what)
+        {
+            return Ok(all.into_iter().nth(i).expect("found"));
+        }
+        let mut hits: Vec<Self> = all
+            .into_iter()
+            .filter(|c| !what.is_empty() && c.meta.id.starts_with(what))
+            .collect();
+        match hits.len() {
+            1 => Ok(hits.remove(0)),
+            0 => bail!("no such container: {what}"),
+            _ => bail!("{what:?} names more than one container"),
+        }
+    }
+
+    /// The supervisor's PID while it runs.
+    pub fn supervisor(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.pid_file())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+            .is_ok()
+            .then_some(pid)
+    }
+
+    pub fn running(&self) -> bool {
+        self.supervisor().is_some()
+    }
+
+    /// The config with the tether's writes (state, exit status).
+    pub fn config(&self) -> anyhow::Result<ExecutorConfig> {
+        let mut kv = tether_proto::guestinfo::vmx::load(&self.config_file())?;
+        Ok(ExecutorConfig::decode(&mut kv)?.0)
+    }
+
+    /// The primary session's exit status once it has run and ended.
+    pub fn exit_status(&self) -> Option<i32> {
+        let c = self.config().ok()?;
+        let s = c.sessions.get(&self.meta.id)?;
+        let exited = s.started == "true"
+            && s.detail.stop_time != 0
+            && s.detail.stop_time >= s.detail.start_time;
+        let failed = !s.started.is_empty() && s.started != "true";
+        (exited || failed).then_some(s.exit_status)
+    }
+
+    /// Adds an exec session to the guestinfo (the tether sees it at its next reload).
+    pub fn add_exec(&self, id: &str, session: &SessionConfig) -> anyhow::Result<()> {
+        let keys = session.encode(tether_proto::config::SessionKind::Exec, id);
+        VmxFile::open(self.config_file())?.update(|kv| {
+            for (k, v) in keys {
+                kv.insert(k, v);
+            }
+        })?;
+        Ok(())
+    }
+}

@@ -1,0 +1,245 @@
+//! The supervisor's front door: an SSH server on the container's control socket that relays
+//! every client's global requests, channels, channel requests and data to the one SSH
+//! connection the supervisor holds with the tether (a containerVM has one attach line). So
+//! `vch attach`, `exec`, `kill` and `stop` use the same client code whether they reach a tether
+//! directly or through a supervisor, and any number of them work at once.
+
+use std::collections::HashMap;
+
+use tether_proto::ssh::{
+    self, Channel, ChannelEvent, ChannelId, Handle, Handler, OpenFailure, PrivateKey, ServerConfig,
+};
+use tokio::sync::mpsc;
+
+enum FromClient {
+    Data(Option<u32>, Vec<u8>),
+    Eof,
+    Request {
+        name: String,
+        data: Vec<u8>,
+        want_reply: bool,
+    },
+    Close,
+}
+
+struct Global {
+    name: String,
+    data: Vec<u8>,
+    want_reply: bool,
+}
+
+struct Front {
+    upstream: Handle,
+    down: Option<Handle>,
+    channels: HashMap<ChannelId, mpsc::UnboundedSender<FromClient>>,
+    globals: Option<mpsc::UnboundedSender<Global>>,
+}
+
+impl Front {
+    fn pass_on(&mut self, ch: ChannelId, m: FromClient) {
+        if let Some(tx) = self.channels.get(&ch) {
+            let _ = tx.send(m);
+        }
+    }
+}
+
+impl Handler for Front {
+    fn connected(&mut self, handle: Handle) {
+        // Global requests are answered in the order they came: one task relays them all.
+        let (tx, mut rx) = mpsc::unbounded_channel::<Global>();
+        let (up, down) = (self.upstream.clone(), handle.clone());
+        tokio::spawn(async move {
+            while let Some(g) = rx.recv().await {
+                let answer = up
+                    .global_request(&g.name, g.want_reply, g.data)
+                    .await
+                    .unwrap_or(None);
+                if g.want_reply && down.answer_global(answer).await.is_err() {
+                    return;
+                }
+            }
+        });
+        self.globals = Some(tx);
+        self.down = Some(handle);
+    }
+
+    fn auth_none(&mut self, _user: &str) -> bool {
+        // The socket lives in the container's state directory, readable by its owner only.
+        true
+    }
+
+    fn global_request_later(
+        &mut self,
+        name: &str,
+        data: &[u8],
+        want_reply: bool,
+    ) -> Option<Option<Vec<u8>>> {
+        let g = Global {
+            name: name.to_string(),
+            data: data.to_vec(),
+            want_reply,
+        };
+        match &self.globals {
+            Some(tx) if tx.send(g).is_ok() => None,
+            _ => Some(None),
+        }
+    }
+
+    fn channel_open_later(
+        &mut self,
+        ch: ChannelId,
+        typ: &str,
+        extra: &[u8],
+    ) -> Option<Result<(), OpenFailure>> {
+        let Some(down) = self.down.clone() else {
+            return Some(Err(OpenFailure::new(2, "not connected")));
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.channels.insert(ch, tx);
+        let (up, typ, extra) = (self.upstream.clone(), typ.to_string(), extra.to_vec());
+        tokio::spawn(async move {
+            match up.open(&typ, extra).await {
+                Ok(Ok(upch)) => {
+                    if down.answer_open(ch, Ok(())).await.is_ok() {
+                        relay(upch, down, ch, rx).await;
+                    }
+                }
+                Ok(Err(refused)) => {
+                    let _ = down.answer_open(ch, Err(refused)).await;
+                }
+                Err(e) => {
+                    let _ = down
+                        .answer_open(ch, Err(OpenFailure::new(2, format!("the tether: {e}"))))
+                        .await;
+                }
+            }
+        });
+        None
+    }
+
+    fn channel_request_later(
+        &mut self,
+        ch: ChannelId,
+        name: &str,
+        data: &[u8],
+        want_reply: bool,
+    ) -> Option<bool> {
+        self.pass_on(
+            ch,
+            FromClient::Request {
+                name: name.to_string(),
+                data: data.to_vec(),
+                want_reply,
+            },
+        );
+        None
+    }
+
+    fn data(&mut self, ch: ChannelId, data: &[u8]) -> bool {
+        self.pass_on(ch, FromClient::Data(None, data.to_vec()));
+        false
+    }
+
+    fn extended_data(&mut self, ch: ChannelId, code: u32, data: &[u8]) -> bool {
+        self.pass_on(ch, FromClient::Data(Some(code), data.to_vec()));
+        false
+    }
+
+    fn eof(&mut self, ch: ChannelId) {
+        self.pass_on(ch, FromClient::Eof);
+    }
+
+    fn closed(&mut self, ch: ChannelId) {
+        self.pass_on(ch, FromClient::Close);
+        self.channels.remove(&ch);
+    }
+}
+
+/// Moves one channel's traffic both ways until either side closes it.
+async fn relay(
+    mut up: Channel,
+    down: Handle,
+    ch: ChannelId,
+    mut from_client: mpsc::UnboundedReceiver<FromClient>,
+) {
+    let mut client_gone = false;
+    loop {
+        tokio::select! {
+            ev = up.recv() => {
+                let sent = match ev {
+                    Some(ChannelEvent::Data(d)) => down.data(ch, None, d).await,
+                    Some(ChannelEvent::ExtendedData(c, d)) => down.data(ch, Some(c), d).await,
+                    Some(ChannelEvent::Eof) => down.eof(ch).await,
+                    Some(ChannelEvent::Request { name, data }) => {
+                        down.channel_request(ch, &name, false, data).await.map(|_| ())
+                    }
+                    Some(ChannelEvent::Closed) | None => {
+                        let _ = down.close(ch).await;
+                        return;
+                    }
+                };
+                if sent.is_err() && !client_gone {
+                    client_gone = true;
+                    let _ = up.close().await;
+                }
+            }
+            m = from_client.recv(), if !client_gone => match m {
+                Some(FromClient::Data(ext, d)) => {
+                    let n = d.len() as u32;
+                    let _ = up.handle.data(up.id, ext, d).await;
+                    let _ = down.adjust_window(ch, n).await;
+                }
+                Some(FromClient::Eof) => {
+                    let _ = up.eof().await;
+                }
+                Some(FromClient::Request { name, data, want_reply }) => {
+                    let ok = up.request(&name, want_reply, data).await.unwrap_or(false);
+                    if want_reply {
+                        let _ = down.answer_request(ch, ok).await;
+                    }
+                }
+                Some(FromClient::Close) | None => {
+                    client_gone = true;
+                    let _ = up.close().await;
+                }
+            },
+        }
+    }
+}
+
+/// Serves clients on `listener`, relaying to `upstream`, until `upstream` is gone.
+pub async fn serve(listener: tokio::net::UnixListener, upstream: Handle) {
+    let key = PrivateKey::generate_ed25519();
+    let config = std::sync::Arc::new(ServerConfig::new(vec![key]));
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = upstream.closed() => return,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let front = Front {
+            upstream: upstream.clone(),
+            down: None,
+            channels: HashMap::new(),
+            globals: None,
+        };
+        let config = config.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ssh::serve(stream, config, front).await {
+                tracing::debug!("a control client: {e}");
+            }
+        });
+    }
+}
+
+/// Connects to a supervisor's control socket.
+pub async fn connect(socket: &std::path::Path) -> anyhow::Result<Handle> {
+    use anyhow::Context as _;
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    let (handle, _task) = ssh::connect(stream, ssh::ClientConfig::new("vch"), ssh::NoHandler)
+        .await
+        .context("SSH to the supervisor")?;
+    Ok(handle)
+}
