@@ -620,8 +620,7 @@ fn boot_failure(c: &Container) -> String {
     let line = debug
         .lines()
         .chain(supervisor.lines())
-        .filter(|l| l.contains("ERROR") || l.contains("Error") || l.contains("error:"))
-        .next_back()
+        .rfind(|l| l.contains("ERROR") || l.contains("Error") || l.contains("error:"))
         .map(str::to_string);
     match line {
         Some(l) => l,
