@@ -266,14 +266,23 @@ impl Container {
         (exited || failed).then_some(s.exit_status)
     }
 
-    /// Adds an exec session to the guestinfo (the tether sees it at its next reload).
+    /// Adds an exec session to the guestinfo (the tether sees it at its next reload): the
+    /// config is decoded, given the exec (its fields and the `execs` map's index), and written
+    /// back whole, under the file's lock.
     pub fn add_exec(&self, id: &str, session: &SessionConfig) -> anyhow::Result<()> {
-        let keys = session.encode(tether_proto::config::SessionKind::Exec, id);
-        VmxFile::open(self.config_file())?.update(|kv| {
-            for (k, v) in keys {
-                kv.insert(k, v);
+        let mut failure = None;
+        VmxFile::open(self.config_file())?.update(|kv| match ExecutorConfig::decode(kv) {
+            Ok((mut cfg, _)) => {
+                cfg.execs.insert(id.to_string(), session.clone());
+                for (k, v) in cfg.encode() {
+                    kv.insert(k, v);
+                }
             }
+            Err(e) => failure = Some(e),
         })?;
-        Ok(())
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 }

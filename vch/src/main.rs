@@ -248,7 +248,10 @@ fn run_async(f: impl std::future::Future<Output = anyhow::Result<i32>>) -> ExitC
             return ExitCode::from(125);
         }
     };
-    match rt.block_on(f) {
+    let result = rt.block_on(f);
+    // A read of stdin may still be blocked in the runtime's thread pool: do not wait for it.
+    rt.shutdown_background();
+    match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("vch: {e:#}");
@@ -558,7 +561,8 @@ async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
         return Ok(0); // detached
     };
     // The VM powers off after its primary session; its recorded status is the final word.
-    let ended = wait_until(Duration::from_secs(30), || !c.running());
+    let ended =
+        tokio::task::block_in_place(|| wait_until(Duration::from_secs(30), || !c.running()));
     if let Some(s) = c.exit_status() {
         status = s;
     }

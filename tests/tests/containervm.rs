@@ -1,0 +1,326 @@
+//! End to end: `vch` boots containerVMs under QEMU (TCG here; KVM where it really works) with
+//! Debian's kernel, our initramfs (the tether as /init), bootstrap.iso and VMDK images, and the
+//! tether as PID 1 runs the container. `scripts/build-vm` makes the boot media and the `vch`
+//! these tests drive (`VCH_BIN` and `VCH_ASSETS` override where they are).
+//!
+//! The tests skip, saying so, only when QEMU is not installed at all; a missing boot medium is a
+//! failure.
+
+mod pty;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace")
+        .to_path_buf()
+}
+
+fn vch_bin() -> PathBuf {
+    std::env::var_os("VCH_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/release/vch"))
+}
+
+fn assets() -> PathBuf {
+    std::env::var_os("VCH_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/containervm"))
+}
+
+/// A state root of its own for each test; `None` (after saying why) when QEMU cannot run here.
+struct Host {
+    state: tempfile::TempDir,
+}
+
+impl Host {
+    fn new() -> Option<Self> {
+        if Command::new("qemu-system-x86_64")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIP: qemu-system-x86_64 is not installed (scripts/setup-vm installs it)");
+            return None;
+        }
+        for f in [
+            "vmlinux",
+            "initramfs.cpio.gz",
+            "bootstrap.iso",
+            "images/default.vmdk",
+        ] {
+            assert!(
+                assets().join(f).exists(),
+                "{} is missing: run scripts/build-vm",
+                assets().join(f).display()
+            );
+        }
+        assert!(
+            vch_bin().exists(),
+            "{} is missing: run scripts/build-vm",
+            vch_bin().display()
+        );
+        Some(Self {
+            state: tempfile::tempdir().unwrap(),
+        })
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(vch_bin());
+        c.args(args)
+            .env("VCH_STATE", self.state.path())
+            .env("VCH_ASSETS", assets())
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs vch to its end, with a deadline.
+    fn vch(&self, args: &[&str]) -> Output {
+        let child = self
+            .cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        match rx.recv_timeout(Duration::from_secs(180)) {
+            Ok(out) => out.unwrap(),
+            Err(_) => {
+                let _ = Command::new("kill").arg(pid.to_string()).status();
+                panic!("vch {args:?} did not finish within 180 s");
+            }
+        }
+    }
+
+    /// The debug port of the only containerVM (for failure messages).
+    fn debug_log(&self) -> String {
+        let mut out = String::new();
+        for e in std::fs::read_dir(self.state.path()).unwrap().flatten() {
+            if let Ok(t) = std::fs::read_to_string(e.path().join("tether.debug")) {
+                out.push_str(&t);
+            }
+        }
+        out
+    }
+
+    /// Waits until no containerVM's supervisor is left (QEMU has exited).
+    fn wait_all_stopped(&self, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            let ps = self.vch(&["ps"]);
+            if !String::from_utf8_lossy(&ps.stdout).contains("running") {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn hello_world_with_the_kernel_and_with_bootstrap_iso() {
+    let Some(host) = Host::new() else { return };
+    for boot in ["kernel", "iso"] {
+        let out = host.vch(&["run", "--rm", "--boot", boot]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{boot}: {}\n{}",
+            text(&out.stderr),
+            host.debug_log()
+        );
+        let stdout = text(&out.stdout);
+        assert!(
+            stdout.starts_with("Hello from a containerVM: pid "),
+            "{boot}: {stdout:?}"
+        );
+        assert!(
+            stdout.contains("cloud-amd64"),
+            "the Debian kernel: {stdout:?}"
+        );
+    }
+}
+
+#[test]
+fn exit_status_and_signal_death() {
+    let Some(host) = Host::new() else { return };
+    let out = host.vch(&[
+        "run",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo out; echo err >&2; exit 7",
+    ]);
+    assert_eq!(out.status.code(), Some(7), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n", "stderr kept apart");
+    let out = host.vch(&["run", "--", "/bin/sh", "-c", "kill -USR1 $$"]);
+    assert_eq!(out.status.code(), Some(128 + 10), "{}", text(&out.stderr));
+    // The status the tether wrote to guestinfo says the same.
+    let ps = text(&host.vch(&["ps"]).stdout);
+    assert!(
+        ps.contains("exited (7)") && ps.contains("exited (138)"),
+        "{ps}"
+    );
+}
+
+#[test]
+fn missing_binary_is_127_with_a_reason() {
+    let Some(host) = Host::new() else { return };
+    let out = host.vch(&["run", "--", "/no/such/program", "arg"]);
+    assert_eq!(out.status.code(), Some(127));
+    assert!(
+        text(&out.stderr).contains("no such file or directory"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn exec_into_a_running_container_then_stop_escalates_to_kill() {
+    let Some(host) = Host::new() else { return };
+    // The container ignores SIGTERM: only the escalation to SIGKILL ends it.
+    let out = host.vch(&[
+        "run",
+        "-d",
+        "--name",
+        "busy",
+        "--",
+        "/bin/sh",
+        "-c",
+        "trap '' TERM; echo ready; while :; do sleep 1; done",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    assert_eq!(id.len(), 64, "an ID: {id:?}");
+
+    let out = host.vch(&[
+        "exec",
+        "busy",
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo from-exec $(cat /etc/os-release | head -1); exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "from-exec NAME=\"tether default image\"\n"
+    );
+
+    // stdin reaches an interactive exec and its EOF ends it.
+    let mut child = host
+        .cmd(&["exec", "-i", "busy", "--", "/bin/cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"through stdin\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "through stdin\n")
+    );
+
+    let started = Instant::now();
+    let out = host.vch(&["stop", "-t", "2", "busy"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        host.wait_all_stopped(Duration::from_secs(30)),
+        "the VM powered off"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "TERM was ignored for the grace time"
+    );
+    let ps = text(&host.vch(&["ps"]).stdout);
+    assert!(ps.contains("exited (137)"), "SIGKILL ended it: {ps}");
+    let logs = host.vch(&["logs", "busy"]);
+    assert_eq!(text(&logs.stdout), "ready\n");
+}
+
+#[test]
+fn tty_with_a_resize() {
+    let Some(host) = Host::new() else { return };
+    // A loop that reports the window size at each line typed, and ends with 5 on "q".
+    let script = "tty; stty size; while read l; do [ \"$l\" = q ] && exit 5; stty size; done";
+    let mut t = pty::Terminal::spawn(
+        host.cmd(&["run", "-it", "--", "/bin/sh", "-c", script]),
+        (30, 90),
+    );
+    t.expect("/dev/pts/", Duration::from_secs(120), &|| host.debug_log());
+    t.expect("30 90", Duration::from_secs(10), &|| host.debug_log());
+    t.resize((45, 132));
+    // The resize travels as window-change beside the typed lines; type until it has arrived.
+    let start = Instant::now();
+    loop {
+        t.write(b"\n");
+        if t.wait_for("45 132", Duration::from_secs(2)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no resize: {}",
+            t.seen()
+        );
+    }
+    t.write(b"q\n");
+    assert_eq!(t.wait(Duration::from_secs(60)), Some(5), "{}", t.seen());
+}
+
+#[test]
+fn an_image_without_the_containerfs_label_fails_clearly_and_powers_off() {
+    let Some(host) = Host::new() else { return };
+    let root = host.state.path().join("rootfs");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    let disk = host.state.path().join("unlabelled.vmdk");
+    let out = host.vch(&[
+        "image",
+        "build",
+        "--from",
+        root.to_str().unwrap(),
+        "--label",
+        "scratch",
+        "-o",
+        disk.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = host.vch(&[
+        "run",
+        "--image",
+        disk.to_str().unwrap(),
+        "--cmdline",
+        "tether.rootwait=3",
+        "--",
+        "/bin/busybox",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(125));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("no disk labelled \"containerfs\"") && err.contains("sda"),
+        "{err}"
+    );
+    assert!(
+        host.wait_all_stopped(Duration::from_secs(30)),
+        "the VM powered off"
+    );
+}
