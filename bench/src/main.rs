@@ -388,7 +388,16 @@ fn ssh_throughput(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+mod vm;
+
 fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("vm") {
+        let (Some(vch), Some(assets)) = (args.get(2), args.get(3)) else {
+            bail!("usage: tether-bench vm VCH ASSETS");
+        };
+        return vm::run(Path::new(vch), Path::new(assets));
+    }
     let tether: PathBuf = std::env::args()
         .nth(1)
         .context("usage: tether-bench TETHER")?

@@ -35,6 +35,20 @@ pub const DEVICE_MODULES: &[&str] = &[
     "isofs",
 ];
 
+/// Device modules not needed to find the disk or to reach the host: the tether loads them after
+/// the container has started (IDE is loaded early too when the disk does not show up without it).
+pub const LATE_MODULES: &[&str] = &[
+    "ata_piix",
+    "sr_mod",
+    "qemu_fw_cfg",
+    "vmw_vmci",
+    "vmw_vsock_virtio_transport",
+    "vmw_vsock_vmci_transport",
+    "virtio_net",
+    "vmxnet3",
+    "e1000",
+];
+
 /// Modules loaded at every boot: the container's filesystem. (isofs, in the device list, has no device
 /// alias: it is packed for the container, not loaded.)
 pub const ALWAYS_MODULES: &[&str] = &["ext4"];
@@ -134,7 +148,7 @@ pub fn initramfs(
 ) -> anyhow::Result<(Vec<u8>, Selection)> {
     let mod_dir = kernel.join("lib/modules").join(version);
     let km = KernelModules::load(&mod_dir)?;
-    let sel = km.select(DEVICE_MODULES, ALWAYS_MODULES);
+    let sel = km.select(DEVICE_MODULES, ALWAYS_MODULES, LATE_MODULES);
     let mut a = Archive::new();
     for d in ["dev", "proc", "sys", "mnt", "lib", "lib/modules"] {
         a.dir(d, 0o755)?;
@@ -205,7 +219,7 @@ pub fn iso(
              LABEL containervm\n  KERNEL /boot/vmlinuz64\n  INITRD /boot/core.gz\n  APPEND {cmdline}\n"
         ),
     )?;
-    let status = Command::new("xorriso")
+    let result = Command::new("xorriso")
         .args(["-as", "mkisofs", "-quiet", "-o"])
         .arg(out)
         .args(["-V", "BOOTSTRAP", "-J", "-R", "-isohybrid-mbr"])
@@ -221,10 +235,14 @@ pub fn iso(
             "-boot-info-table",
         ])
         .arg(&tree)
-        .status()
+        .output()
         .context("running xorriso (package xorriso)")?;
-    if !status.success() {
-        bail!("xorriso failed ({status})");
+    if !result.status.success() {
+        bail!(
+            "xorriso failed ({}): {}",
+            result.status,
+            String::from_utf8_lossy(&result.stderr).trim()
+        );
     }
     let _ = std::fs::remove_dir_all(&tree);
     Ok(())

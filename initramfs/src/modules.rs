@@ -142,8 +142,9 @@ impl KernelModules {
         out.push(file.clone());
     }
 
-    /// The index for `wanted` (loaded when a device matches) and `always` (loaded at every boot).
-    pub fn select(&self, wanted: &[&str], always: &[&str]) -> Selection {
+    /// The index for `wanted` (loaded when a device matches), `always` (loaded at every boot), and
+    /// which of `wanted` are `late` (not needed to boot).
+    pub fn select(&self, wanted: &[&str], always: &[&str], late: &[&str]) -> Selection {
         let mut sel = Selection::default();
         let mut packed = BTreeSet::new();
         for (list, is_always) in [(wanted, false), (always, true)] {
@@ -166,6 +167,11 @@ impl KernelModules {
                 }
             }
         }
+        sel.index.late = late
+            .iter()
+            .map(|m| m.replace('-', "_"))
+            .filter(|m| packed.contains(m))
+            .collect();
         sel.index.aliases = self
             .aliases
             .iter()
@@ -209,7 +215,8 @@ alias pci:v000015ADd000007C0sv*sd*bc*sc*i* vmw_pvscsi
 
     #[test]
     fn dependencies_come_first_whatever_order_modules_dep_lists_them() {
-        let sel = kernel().select(&["virtio_pci", "virtio_blk", "vmw_pvscsi"], &[]);
+        let sel = kernel().select(&["virtio_pci", "virtio_blk", "vmw_pvscsi"], &[], &["vmw_pvscsi", "e1000"]);
+        assert_eq!(sel.index.late, ["vmw_pvscsi"], "late modules that are packed");
         assert_eq!(
             sel.index.modules["virtio_pci"],
             [
@@ -231,7 +238,7 @@ alias pci:v000015ADd000007C0sv*sd*bc*sc*i* vmw_pvscsi
 
     #[test]
     fn soft_dependencies_resolve_through_aliases() {
-        let sel = kernel().select(&[], &["ext4"]);
+        let sel = kernel().select(&[], &["ext4"], &[]);
         assert_eq!(
             sel.index.modules["ext4"],
             [
@@ -246,7 +253,7 @@ alias pci:v000015ADd000007C0sv*sd*bc*sc*i* vmw_pvscsi
 
     #[test]
     fn builtin_and_missing_are_told_apart() {
-        let sel = kernel().select(&["8250", "e1000"], &[]);
+        let sel = kernel().select(&["8250", "e1000"], &[], &[]);
         assert_eq!(sel.builtin, ["8250"]);
         assert_eq!(sel.missing, ["e1000"]);
         assert!(sel.index.modules.is_empty());

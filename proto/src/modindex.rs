@@ -8,7 +8,11 @@
 //! module ext4 kernel/lib/crc16.ko kernel/fs/mbcache.ko kernel/fs/jbd2/jbd2.ko kernel/fs/ext4/ext4.ko
 //! alias pci:v000015ADd000007C0sv*sd*bc*sc*i* vmw_pvscsi
 //! always ext4
+//! late vmxnet3 qemu_fw_cfg
 //! ```
+//!
+//! `late` modules are not needed to find the container's disk or to serve guestinfo: the
+//! bootstrap stage leaves them to the tether, which loads them beside the container's start.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +31,8 @@ pub struct ModuleIndex {
     pub aliases: Vec<(String, String)>,
     /// Loaded whatever the devices (filesystems, for instance).
     pub always: Vec<String>,
+    /// Not needed to boot: loaded after the container has started.
+    pub late: Vec<String>,
 }
 
 impl ModuleIndex {
@@ -54,6 +60,7 @@ impl ModuleIndex {
                     _ => return Err(err("an alias takes a pattern and a module")),
                 },
                 Some("always") => index.always.extend(words.map(String::from)),
+                Some("late") => index.late.extend(words.map(String::from)),
                 Some(other) => return Err(err(&format!("unknown entry {other:?}"))),
             }
         }
@@ -62,6 +69,7 @@ impl ModuleIndex {
             .iter()
             .map(|(_, m)| m)
             .chain(index.always.iter())
+            .chain(index.late.iter())
         {
             if !index.modules.contains_key(m) {
                 return Err(IndexError {
@@ -83,6 +91,9 @@ impl ModuleIndex {
         }
         if !self.always.is_empty() {
             out.push_str(&format!("always {}\n", self.always.join(" ")));
+        }
+        if !self.late.is_empty() {
+            out.push_str(&format!("late {}\n", self.late.join(" ")));
         }
         out
     }
@@ -207,7 +218,8 @@ mod tests {
         let text = "module ext4 kernel/lib/crc16.ko kernel/fs/ext4/ext4.ko\n\
                     module virtio_blk kernel/drivers/block/virtio_blk.ko\n\
                     alias virtio:d00000002v* virtio_blk\n\
-                    always ext4\n";
+                    always ext4\n\
+                    late virtio_blk\n";
         let index = ModuleIndex::parse(text).unwrap();
         assert_eq!(index.render(), text);
         assert_eq!(

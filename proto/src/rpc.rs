@@ -31,6 +31,12 @@ pub enum Request {
         key: String,
         value: String,
     },
+    /// `info-get-all <prefix>`: every key under the prefix at once, as `.vmx` lines. Our
+    /// extension for the stream transport (a VMX answers it `0 Unknown command`, and the guest
+    /// falls back to one `info-get` a key): under emulation each round trip costs milliseconds.
+    GetAll {
+        prefix: String,
+    },
     /// Anything else (`log …`, `tools.set.version …`): answered `0 Unknown command` by our hosts.
     Other(String),
 }
@@ -54,6 +60,7 @@ impl Request {
         let text = match self {
             Request::Get { key } => format!("info-get {key}"),
             Request::Set { key, value } => format!("info-set {key} {value}"),
+            Request::GetAll { prefix } => format!("info-get-all {prefix}"),
             Request::Other(text) => text.clone(),
         };
         if text.len() > MAX_REQUEST {
@@ -71,6 +78,9 @@ impl Request {
         Ok(match cmd {
             "info-get" if !rest.is_empty() => Request::Get {
                 key: rest.trim().to_string(),
+            },
+            "info-get-all" if !rest.trim().is_empty() => Request::GetAll {
+                prefix: rest.trim().to_string(),
             },
             "info-set" => match rest.split_once(' ') {
                 Some((key, value)) if !key.is_empty() => Request::Set {

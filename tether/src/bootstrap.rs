@@ -95,6 +95,16 @@ pub struct Finit;
 
 impl ModuleLoader for Finit {
     fn load(&mut self, file: &Path) -> Result<(), String> {
+        // Loaded already (by the bootstrap stage, when the tether loads the late ones).
+        let name = file
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.split(".ko").next())
+            .unwrap_or_default()
+            .replace('-', "_");
+        if Path::new("/sys/module").join(&name).exists() {
+            return Ok(());
+        }
         let f = File::open(file).map_err(|e| e.to_string())?;
         match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
             Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
@@ -144,17 +154,24 @@ impl<L: ModuleLoader> Modules<L> {
         true
     }
 
+    /// Counts modules as loaded (those the kernel already has).
+    pub fn mark_loaded(&mut self, names: impl IntoIterator<Item = String>) {
+        self.loaded_modules.extend(names);
+    }
+
     pub fn load_always(&mut self) {
         for m in self.index.always.clone() {
             self.load(&m);
         }
     }
 
-    /// Loads the modules matching any of `aliases`; returns the names newly loaded.
-    pub fn load_matching(&mut self, aliases: &BTreeSet<String>) -> Vec<String> {
+    /// Loads the modules matching any of `aliases` (the late ones too with `late`); returns the
+    /// names newly loaded.
+    pub fn load_matching(&mut self, aliases: &BTreeSet<String>, late: bool) -> Vec<String> {
         let wanted: BTreeSet<String> = aliases
             .iter()
             .flat_map(|a| self.index.matching(a).map(String::from).collect::<Vec<_>>())
+            .filter(|m| late || !self.index.late.contains(m))
             .collect();
         wanted.into_iter().filter(|m| self.load(m)).collect()
     }
@@ -252,14 +269,24 @@ fn boot(settings: &Settings) -> Result<Never, String> {
     modules.load_always();
     let sys = Path::new("/sys");
     let deadline = started + settings.root_wait;
+    // The late modules (NICs, IDE, fw_cfg, vsock) wait for the tether, unless the disk does not
+    // show up without them.
+    let mut late = false;
+    let mut last_new = Instant::now();
     let disk = loop {
-        let new = modules.load_matching(&modaliases(sys));
+        let new = modules.load_matching(&modaliases(sys), late);
         if !new.is_empty() {
             say(&format!("loaded {}", new.join(" ")));
+            last_new = Instant::now();
             continue; // new drivers may bring new devices at once
         }
         if let Some(d) = find_labelled(sys, Path::new("/dev"), CONTAINERFS_LABEL) {
             break d;
+        }
+        if !late && last_new.elapsed() > Duration::from_secs(1) {
+            say("no disk yet: loading the remaining drivers");
+            late = true;
+            continue;
         }
         if Instant::now() >= deadline {
             let seen = block_devices(sys);
@@ -273,9 +300,9 @@ fn boot(settings: &Settings) -> Result<Never, String> {
         std::thread::sleep(Duration::from_millis(10));
     };
     // Late devices of the same scan (a guestinfo port, vsock) get their drivers too.
-    let late = modules.load_matching(&modaliases(sys));
-    if !late.is_empty() {
-        say(&format!("loaded {}", late.join(" ")));
+    let more = modules.load_matching(&modaliases(sys), late);
+    if !more.is_empty() {
+        say(&format!("loaded {}", more.join(" ")));
     }
     for f in &modules.failures {
         tracing::warn!("bootstrap: module {f}");
@@ -314,6 +341,19 @@ fn enter(disk: &Path) -> Result<Never, String> {
     let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
     std::fs::copy(&me, tether_dir.join("tether"))
         .map_err(|e| format!("copying {} to /.tether/tether: {e}", me.display()))?;
+    // The modules stay reachable for the tether (it loads the late ones) and the container.
+    let modules_dir = tether_dir.join("lib/modules");
+    if std::fs::create_dir_all(&modules_dir).is_ok() {
+        if let Err(e) = mount(
+            Some(MODULE_DIR),
+            &modules_dir,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ) {
+            tracing::warn!("bootstrap: modules for the tether: {e}");
+        }
+    }
     for d in ["dev", "proc", "sys"] {
         let from = format!("/{d}");
         mount(
@@ -347,7 +387,7 @@ fn remove_initramfs() {
             let Ok(m) = std::fs::symlink_metadata(&p) else {
                 continue;
             };
-            if m.dev() != dev {
+            if m.dev() != dev || p == Path::new(MODULE_DIR) {
                 continue;
             }
             if m.is_dir() {
@@ -455,18 +495,22 @@ mod tests {
              alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n\
              alias virtio:d00000002v* virtio_blk\n\
              alias pci:v000015ADd000007C0sv*sd*bc*sc*i* vmw_pvscsi\n\
-             always ext4\n",
+             module ata_piix a/ata_piix.ko\n\
+             alias pci:v00008086d00007010sv*sd*bc*sc*i* ata_piix\n\
+             always ext4\n\
+             late ata_piix\n",
         )
         .unwrap();
         let mut rec = Recorder(Vec::new());
         let mut m = Modules::new(index, PathBuf::from("/lib/modules"), &mut rec);
         m.load_always();
         let aliases = modaliases(sys);
-        assert_eq!(m.load_matching(&aliases), ["virtio_blk", "virtio_pci"]);
+        assert_eq!(m.load_matching(&aliases, false), ["virtio_blk", "virtio_pci"]);
         assert!(
-            m.load_matching(&aliases).is_empty(),
+            m.load_matching(&aliases, false).is_empty(),
             "a second scan loads nothing"
         );
+        assert_eq!(m.load_matching(&aliases, true), ["ata_piix"], "late modules when asked");
         assert_eq!(m.failures, ["c/crc32c-intel.ko: No such device"]);
         assert_eq!(
             rec.0,
@@ -477,9 +521,10 @@ mod tests {
                 "virtio_ring.ko",
                 "virtio.ko",
                 "virtio_blk.ko",
-                "virtio_pci.ko"
+                "virtio_pci.ko",
+                "ata_piix.ko"
             ],
-            "shared dependencies load once, before their users; pvscsi is not present"
+            "shared dependencies load once, before their users; late ones last; pvscsi is not present"
         );
     }
 

@@ -201,7 +201,8 @@ pub struct BootSettings {
     pub attach: String,
     /// `tether.debug=`: where diagnostics go.
     pub debug_log: String,
-    /// `tether.output=`: where session output goes.
+    /// `tether.output=`: where session output goes; by default `auto`: the virtio port
+    /// `org.tether.output` when the host offers one (QEMU), else COM3 (`/dev/ttyS2`) as on VMware.
     pub output_log: String,
 }
 
@@ -211,7 +212,7 @@ impl Default for BootSettings {
             guestinfo: "auto".into(),
             attach: "serial:/dev/ttyS0".into(),
             debug_log: "/dev/ttyS1".into(),
-            output_log: "/dev/ttyS2".into(),
+            output_log: "auto".into(),
         }
     }
 }

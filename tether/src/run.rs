@@ -181,7 +181,16 @@ pub fn init(cmdline: Option<String>) -> ! {
         || -> anyhow::Result<Ending> {
             // Before any other thread: the backdoor's I/O permission is inherited only by later threads.
             let gi = open_guestinfo(&boot.guestinfo)?;
-            let output = match open_log(Path::new(&boot.output_log)) {
+            // Threads may start now. The drivers the bootstrap stage left (NICs, IDE, fw_cfg,
+            // vsock) load beside the container's start.
+            std::thread::spawn(load_late_modules);
+            let output_path = match boot.output_log.as_str() {
+                "auto" => virtio_port(Path::new("/sys"), tether_proto::vm::OUTPUT_PORT)
+                    .unwrap_or_else(|_| PathBuf::from("/dev/ttyS2")),
+                other => PathBuf::from(other),
+            };
+            tracing::info!("output log on {}", output_path.display());
+            let output = match open_log(&output_path) {
                 Ok(f) => Some(f),
                 Err(e) => {
                     tracing::error!("output log: {e:#}; session output is not persisted");
@@ -201,6 +210,35 @@ pub fn init(cmdline: Option<String>) -> ! {
         Err(_) => tracing::error!("the tether panicked; powering off"),
     }
     pid1::power_off()
+}
+
+/// Loads the modules the bootstrap stage left for later, from its modules under `/.tether`.
+fn load_late_modules() {
+    use crate::bootstrap::{modaliases, Finit, Modules, INDEX_FILE};
+    let dir = Path::new("/.tether/lib/modules");
+    let Ok(text) = std::fs::read_to_string(dir.join(INDEX_FILE)) else {
+        return;
+    };
+    match tether_proto::modindex::ModuleIndex::parse(&text) {
+        Ok(index) => {
+            let mut m = Modules::new(index, dir.to_path_buf(), Finit);
+            m.mark_loaded(
+                std::fs::read_dir("/sys/module")
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter_map(|e| e.file_name().into_string().ok()),
+            );
+            let loaded = m.load_matching(&modaliases(Path::new("/sys")), true);
+            if !loaded.is_empty() {
+                tracing::info!("loaded {}", loaded.join(" "));
+            }
+            for f in &m.failures {
+                tracing::warn!("module {f}");
+            }
+        }
+        Err(e) => tracing::warn!("late modules: {e}"),
+    }
 }
 
 /// What process mode and PID 1 share: the runtime, the reaper, the output log, the guestinfo

@@ -129,7 +129,12 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
                 let (stream, _) = com1.accept().await?;
                 stream.set_nodelay(true)?;
                 let line: Box<dyn crate::attach::Line> = Box::new(QuickAck(stream));
-                match crate::attach::connect(line, Duration::from_secs(600)).await {
+                let mut client = tether_proto::ssh::ClientConfig::new("daemon");
+                if let Ok(c) = std::env::var("VCH_CIPHER") {
+                    client.prefs.ciphers.retain(|x| *x != c);
+                    client.prefs.ciphers.insert(0, c);
+                }
+                match crate::attach::connect_with(line, Duration::from_secs(600), client).await {
                     Ok(h) => {
                         tracing::info!("the tether is connected");
                         let _ = std::fs::remove_file(c.ctl_socket());

@@ -23,7 +23,7 @@ pub fn assets_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/containervm"))
 }
 
-use tether_proto::vm::{CMDLINE, GUESTINFO_PORT};
+use tether_proto::vm::{CMDLINE, GUESTINFO_PORT, OUTPUT_PORT};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accel {
@@ -113,6 +113,12 @@ pub fn qemu_args(spec: &VmSpec<'_>) -> Vec<String> {
             &format!("socket,id=gi,path={}", gi.display()),
             "-device",
             &format!("virtserialport,bus=vser0.0,chardev=gi,name={GUESTINFO_PORT}"),
+            // The output log also through the virtio port (see OUTPUT_PORT); COM3 stays, idle,
+            // so that a tether told `tether.output=/dev/ttyS2` finds it as on VMware.
+            "-chardev",
+            &format!("file,id=out,path={},append=on", spec.output_log.display()),
+            "-device",
+            &format!("virtserialport,bus=vser0.0,chardev=out,name={OUTPUT_PORT}"),
         ]);
     }
     match spec.boot {

@@ -36,6 +36,10 @@ pub trait GuestInfo: Send {
     fn refresh(&mut self) -> Result<(), GuestInfoError> {
         Ok(())
     }
+    /// Every key under `prefix`, for a host store that can list them (`None`: it cannot).
+    fn list(&mut self, _prefix: &str) -> Option<Vec<(String, String)>> {
+        None
+    }
 }
 
 /// Sends raw RPCI request bytes and returns the raw reply bytes.
@@ -88,6 +92,12 @@ pub fn serve_request(store: &mut dyn GuestInfo, request: &[u8]) -> Reply {
                 Err(e) => Reply::Fail(e.to_string()),
             }
         }
+        Request::GetAll { prefix } => match store.list(&prefix) {
+            Some(pairs) => Reply::ok(vmx::render(
+                pairs.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+            )),
+            None => Reply::fail("Unknown command"),
+        },
         Request::Other(_) => Reply::fail("Unknown command"),
     }
 }
@@ -100,6 +110,15 @@ impl GuestInfo for KeyValues {
     fn set(&mut self, key: &str, value: &str) -> Result<(), GuestInfoError> {
         self.insert(key, value);
         Ok(())
+    }
+
+    fn list(&mut self, prefix: &str) -> Option<Vec<(String, String)>> {
+        Some(
+            self.iter()
+                .filter(|(k, _)| k.starts_with(prefix))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        )
     }
 }
 

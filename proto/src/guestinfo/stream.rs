@@ -52,14 +52,20 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
     Ok(Some(payload))
 }
 
-/// The guest side: a guestinfo transport over any byte stream.
+/// The guest side: a guestinfo transport over any byte stream. At each refresh it asks for every
+/// `guestinfo.` key at once (`info-get-all`) and answers reads from that snapshot until the next
+/// refresh; a host without the extension gets one `info-get` a key.
 pub struct StreamGuestInfo<S> {
     stream: S,
+    snapshot: Option<crate::extraconfig::KeyValues>,
 }
 
 impl<S: Read + Write + Send> StreamGuestInfo<S> {
     pub fn new(stream: S) -> Self {
-        Self { stream }
+        Self {
+            stream,
+            snapshot: None,
+        }
     }
 
     /// Sends one raw request and returns the raw reply.
@@ -76,13 +82,39 @@ impl<S: Read + Write + Send> StreamGuestInfo<S> {
 
 impl<S: Read + Write + Send> GuestInfo for StreamGuestInfo<S> {
     fn get(&mut self, key: &str) -> Result<Option<String>, GuestInfoError> {
-        rpc_get(&mut |req| self.call(req), key)
+        match &self.snapshot {
+            Some(s) if key.starts_with(SNAPSHOT_PREFIX) => Ok(s.get(key).map(str::to_string)),
+            _ => rpc_get(&mut |req| self.call(req), key),
+        }
     }
 
     fn set(&mut self, key: &str, value: &str) -> Result<(), GuestInfoError> {
-        rpc_set(&mut |req| self.call(req), key, value)
+        rpc_set(&mut |req| self.call(req), key, value)?;
+        if let Some(s) = &mut self.snapshot {
+            s.insert(key, value);
+        }
+        Ok(())
+    }
+
+    fn refresh(&mut self) -> Result<(), GuestInfoError> {
+        let request = crate::rpc::Request::GetAll {
+            prefix: SNAPSHOT_PREFIX.to_string(),
+        };
+        self.snapshot = match crate::rpc::Reply::parse(&self.call(&request.to_bytes()?)?)? {
+            crate::rpc::Reply::Ok(text) => {
+                let text = String::from_utf8_lossy(&text);
+                let pairs = super::vmx::parse(&text)
+                    .map_err(|e| GuestInfoError::Protocol(format!("info-get-all: {e}")))?;
+                Some(pairs.into_iter().collect())
+            }
+            crate::rpc::Reply::Fail(_) => None,
+        };
+        Ok(())
     }
 }
+
+/// What a snapshot holds: every key a guest may read.
+const SNAPSHOT_PREFIX: &str = crate::rpc::GUESTINFO_PREFIX;
 
 /// The host side: answers requests from `stream` out of `store` until the stream ends.
 pub fn serve(stream: &mut (impl Read + Write), store: &mut dyn GuestInfo) -> io::Result<()> {
@@ -120,6 +152,18 @@ mod tests {
         assert_eq!(gi.get("guestinfo.vice./nothing").unwrap(), None);
         gi.set("guestinfo.vice..sessions|abc.started", "true")
             .unwrap();
+        // One request brings every key; reads come from it, writes go through and into it.
+        gi.refresh().unwrap();
+        assert!(gi.snapshot.is_some(), "the host lists its keys");
+        assert_eq!(
+            gi.get("guestinfo.vice./common/id").unwrap().as_deref(),
+            Some("abc")
+        );
+        assert_eq!(
+            gi.get("guestinfo.vice..sessions|abc.started").unwrap().as_deref(),
+            Some("true")
+        );
+        assert_eq!(gi.get("guestinfo.vice./nothing").unwrap(), None);
         drop(gi);
         let store = server.join().unwrap();
         assert_eq!(

@@ -106,14 +106,26 @@ pub fn unescape(value: &str) -> Result<String, String> {
 pub struct VmxFile {
     path: PathBuf,
     values: KeyValues,
+    /// The file as last read or written: every change replaces it (a rename, a new inode), so
+    /// an unchanged identity means unchanged values and a refresh need not re-read it.
+    seen: Option<Identity>,
+}
+
+type Identity = (u64, u64, std::time::SystemTime);
+
+fn identity(path: &Path) -> Option<Identity> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = fs::metadata(path).ok()?;
+    Some((m.ino(), m.len(), m.modified().ok()?))
 }
 
 impl VmxFile {
     /// Opens an existing file.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self, GuestInfoError> {
         let path = path.into();
+        let seen = identity(&path);
         let values = load(&path)?;
-        Ok(Self { path, values })
+        Ok(Self { path, values, seen })
     }
 
     /// Creates (or replaces) the file with `values`.
@@ -121,7 +133,8 @@ impl VmxFile {
         let path = path.into();
         let _lock = lock(&path)?;
         store(&path, &values)?;
-        Ok(Self { path, values })
+        let seen = identity(&path);
+        Ok(Self { path, values, seen })
     }
 
     pub fn path(&self) -> &Path {
@@ -140,6 +153,7 @@ impl VmxFile {
         change(&mut values);
         store(&self.path, &values)?;
         self.values = values;
+        self.seen = identity(&self.path);
         Ok(())
     }
 }
@@ -161,8 +175,17 @@ impl GuestInfo for VmxFile {
         })
     }
 
+    fn list(&mut self, prefix: &str) -> Option<Vec<(String, String)>> {
+        self.values.list(prefix)
+    }
+
     fn refresh(&mut self) -> Result<(), GuestInfoError> {
+        let now = identity(&self.path);
+        if now.is_some() && now == self.seen {
+            return Ok(());
+        }
         let _lock = lock(&self.path)?;
+        self.seen = identity(&self.path);
         self.values = load(&self.path)?;
         Ok(())
     }
