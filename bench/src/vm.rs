@@ -214,7 +214,10 @@ pub fn run(vch: &Path, assets: &Path) -> anyhow::Result<()> {
         i / k
     );
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    let dd = format!("/bin/dd if=/dev/zero bs=65536 count={} 2>/dev/null", BYTES / 65536);
+    let dd = format!(
+        "/bin/dd if=/dev/zero bs=65536 count={} 2>/dev/null",
+        BYTES / 65536
+    );
     for _ in 0..RUNS {
         theirs.push(baseline_run(&with_bytes, &disk, dir.path(), BYTES)?.1);
         let (_, rate, got) = ours_run(vch, assets, &state, &["--", "/bin/sh", "-c", &dd])?;

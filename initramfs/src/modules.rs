@@ -215,8 +215,16 @@ alias pci:v000015ADd000007C0sv*sd*bc*sc*i* vmw_pvscsi
 
     #[test]
     fn dependencies_come_first_whatever_order_modules_dep_lists_them() {
-        let sel = kernel().select(&["virtio_pci", "virtio_blk", "vmw_pvscsi"], &[], &["vmw_pvscsi", "e1000"]);
-        assert_eq!(sel.index.late, ["vmw_pvscsi"], "late modules that are packed");
+        let sel = kernel().select(
+            &["virtio_pci", "virtio_blk", "vmw_pvscsi"],
+            &[],
+            &["vmw_pvscsi", "e1000"],
+        );
+        assert_eq!(
+            sel.index.late,
+            ["vmw_pvscsi"],
+            "late modules that are packed"
+        );
         assert_eq!(
             sel.index.modules["virtio_pci"],
             [

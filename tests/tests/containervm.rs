@@ -176,6 +176,27 @@ fn exit_status_and_signal_death() {
 }
 
 #[test]
+fn a_burst_of_output_reaches_the_client_whole_before_the_vm_powers_off() {
+    let Some(host) = Host::new() else { return };
+    // About 800 KB written at once, far faster than the emulated UART carries it: the tether
+    // holds it for the client and powers off only after the client has taken all of it.
+    let out = host.vch(&["run", "--", "/bin/seq", "1", "120000"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let expected: String = (1..=120000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(out.stdout.len(), expected.len(), "every byte arrived");
+    assert!(out.stdout == expected.as_bytes(), "in order, unchanged");
+    // And the output log has it too.
+    let logs = host.vch(&[
+        "logs",
+        &text(&host.vch(&["ps"]).stdout).lines().nth(1).unwrap()[..12],
+    ]);
+    assert!(
+        logs.stdout == expected.as_bytes(),
+        "output.log holds the same bytes"
+    );
+}
+
+#[test]
 fn missing_binary_is_127_with_a_reason() {
     let Some(host) = Host::new() else { return };
     let out = host.vch(&["run", "--", "/no/such/program", "arg"]);

@@ -24,8 +24,8 @@ pub enum Event {
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// The debug level at which the debug shell is on without its extension key.
 pub const DEBUG_SHELL_LEVEL: i32 = 3;
-/// How long attached clients get to take the end of their sessions.
-const CLIENT_GRACE: Duration = Duration::from_secs(2);
+/// How long attached clients may take nothing at shutdown before they are left.
+const CLIENT_STALL: Duration = crate::fanout::STALL;
 
 pub struct Agent {
     ctx: Arc<Ctx>,
@@ -238,17 +238,29 @@ impl Agent {
                 );
             }
         }
-        // Attached clients get the end of their sessions (exit status, EOF, CLOSE) before we go.
-        let clients_done = async {
-            for s in self.sessions.values() {
-                s.fanout.wait_empty().await;
+        // Attached clients get all their output and the end of their sessions (exit status, EOF,
+        // CLOSE, which they acknowledge after the rest) before we go, however slow the line,
+        // as long as they keep taking it; one that takes nothing for CLIENT_STALL is left.
+        let mut backlog = usize::MAX;
+        let mut progress = tokio::time::Instant::now();
+        loop {
+            let now: usize = self.sessions.values().map(|s| s.fanout.backlog()).sum();
+            if self.sessions.values().all(|s| s.fanout.is_empty()) {
+                break;
             }
-        };
-        if tokio::time::timeout(CLIENT_GRACE, clients_done)
-            .await
-            .is_err()
-        {
-            tracing::warn!("attached clients did not close within {CLIENT_GRACE:?}");
+            if now < backlog {
+                backlog = now;
+                progress = tokio::time::Instant::now();
+            } else if progress.elapsed() > CLIENT_STALL {
+                tracing::warn!("attached clients took nothing for {CLIENT_STALL:?}; leaving them");
+                break;
+            }
+            let all_closed = async {
+                for s in self.sessions.values() {
+                    s.fanout.wait_empty().await;
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(100), all_closed).await;
         }
         self.ctx.log.flush(None).await;
         // Every state write queued so far (the exits above among them) is done before we end.

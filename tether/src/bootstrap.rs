@@ -505,12 +505,19 @@ mod tests {
         let mut m = Modules::new(index, PathBuf::from("/lib/modules"), &mut rec);
         m.load_always();
         let aliases = modaliases(sys);
-        assert_eq!(m.load_matching(&aliases, false), ["virtio_blk", "virtio_pci"]);
+        assert_eq!(
+            m.load_matching(&aliases, false),
+            ["virtio_blk", "virtio_pci"]
+        );
         assert!(
             m.load_matching(&aliases, false).is_empty(),
             "a second scan loads nothing"
         );
-        assert_eq!(m.load_matching(&aliases, true), ["ata_piix"], "late modules when asked");
+        assert_eq!(
+            m.load_matching(&aliases, true),
+            ["ata_piix"],
+            "late modules when asked"
+        );
         assert_eq!(m.failures, ["c/crc32c-intel.ko: No such device"]);
         assert_eq!(
             rec.0,

@@ -104,6 +104,14 @@ impl Fanout {
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()
     }
+
+    /// Outputs queued for the clients and not yet taken by them.
+    pub fn backlog(&self) -> usize {
+        self.lock()
+            .iter()
+            .map(|(_, tx)| tx.max_capacity() - tx.capacity())
+            .sum()
+    }
 }
 
 #[cfg(test)]

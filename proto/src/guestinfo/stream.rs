@@ -160,7 +160,9 @@ mod tests {
             Some("abc")
         );
         assert_eq!(
-            gi.get("guestinfo.vice..sessions|abc.started").unwrap().as_deref(),
+            gi.get("guestinfo.vice..sessions|abc.started")
+                .unwrap()
+                .as_deref(),
             Some("true")
         );
         assert_eq!(gi.get("guestinfo.vice./nothing").unwrap(), None);
