@@ -32,17 +32,7 @@ impl std::str::FromStr for ListenAddr {
 pub fn serve_file(file: PathBuf, addr: &ListenAddr) -> anyhow::Result<()> {
     // Fail early on a missing or malformed file rather than at the first request.
     VmxFile::open(&file).with_context(|| format!("opening {}", file.display()))?;
-    let serve_one = move |mut stream: Box<dyn ReadWrite>| {
-        let file = file.clone();
-        std::thread::spawn(move || {
-            let result = VmxFile::open(&file)
-                .map_err(anyhow::Error::from)
-                .and_then(|mut store| Ok(serve(&mut stream, &mut store)?));
-            if let Err(e) = result {
-                tracing::warn!("guestinfo connection ended: {e:#}");
-            }
-        });
-    };
+    let serve_one = move |stream: Box<dyn ReadWrite>| serve_connection(file.clone(), stream);
     match addr {
         ListenAddr::Unix(path) => {
             let _ = std::fs::remove_file(path);
@@ -60,6 +50,18 @@ pub fn serve_file(file: PathBuf, addr: &ListenAddr) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Serves `file` to one connection on a thread of its own.
+pub fn serve_connection(file: PathBuf, mut stream: Box<dyn ReadWrite>) {
+    std::thread::spawn(move || {
+        let result = VmxFile::open(&file)
+            .map_err(anyhow::Error::from)
+            .and_then(|mut store| Ok(serve(&mut stream, &mut store)?));
+        if let Err(e) = result {
+            tracing::warn!("guestinfo connection ended: {e:#}");
+        }
+    });
 }
 
 /// A byte stream that can be moved to a thread.

@@ -116,11 +116,9 @@ enum Command {
     Supervise { dir: PathBuf },
 }
 
+/// How a process runs, as `docker run` and `docker exec` both take it.
 #[derive(Debug, clap::Args)]
-struct RunArgs {
-    /// An image disk (VMDK), a directory or a tar; the built-in default image when absent.
-    #[arg(long)]
-    image: Option<PathBuf>,
+struct ProcessArgs {
     /// Keep stdin open.
     #[arg(short, long)]
     interactive: bool,
@@ -130,8 +128,6 @@ struct RunArgs {
     /// Leave it running in the background and print its ID.
     #[arg(short, long)]
     detach: bool,
-    #[arg(long)]
-    name: Option<String>,
     /// Environment (KEY=VALUE), repeatable.
     #[arg(short, long = "env")]
     env: Vec<String>,
@@ -139,6 +135,34 @@ struct RunArgs {
     workdir: Option<String>,
     #[arg(short, long)]
     user: Option<String>,
+}
+
+impl ProcessArgs {
+    fn spec(self, name: Option<String>, command: Vec<String>) -> RunSpec {
+        RunSpec {
+            name,
+            command,
+            env: self.env,
+            workdir: self.workdir,
+            user: self.user,
+            tty: self.tty,
+            interactive: self.interactive,
+            attached: !self.detach,
+            debug: 0,
+            debug_shell: false,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// An image disk (VMDK), a directory or a tar; the built-in default image when absent.
+    #[arg(long)]
+    image: Option<PathBuf>,
+    #[command(flatten)]
+    process: ProcessArgs,
+    #[arg(long)]
+    name: Option<String>,
     /// Stop the container after this many seconds (stop signal, then SIGKILL).
     #[arg(long)]
     kill_after: Option<f64>,
@@ -167,18 +191,8 @@ struct RunArgs {
 #[derive(Debug, clap::Args)]
 struct ExecArgs {
     container: String,
-    #[arg(short, long)]
-    interactive: bool,
-    #[arg(short, long)]
-    tty: bool,
-    #[arg(short, long)]
-    detach: bool,
-    #[arg(short, long = "env")]
-    env: Vec<String>,
-    #[arg(short, long)]
-    workdir: Option<String>,
-    #[arg(short, long)]
-    user: Option<String>,
+    #[command(flatten)]
+    process: ProcessArgs,
     #[arg(last = true, required = true)]
     command: Vec<String>,
 }
@@ -502,24 +516,18 @@ async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
     } else {
         args.command
     };
+    let (tty, detach) = (args.process.tty, args.process.detach);
     let spec = RunSpec {
-        name: Some(name.clone()),
-        command: command.clone(),
-        env: args.env,
-        workdir: args.workdir,
-        user: args.user,
-        tty: args.tty,
-        interactive: args.interactive,
-        attached: !args.detach,
         debug: args.debug,
         debug_shell: args.debug_shell,
+        ..args.process.spec(Some(name.clone()), command.clone())
     };
     let meta = Meta {
         id: id.clone(),
         name: name.clone(),
         image,
         command,
-        tty: args.tty,
+        tty,
         boot: args.boot,
         memory_mib: args.memory,
         cmdline: args.cmdline,
@@ -538,7 +546,7 @@ async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
         }
         bail!("{name} did not start: {why}");
     }
-    if args.detach {
+    if detach {
         println!("{id}");
         if let Some(t) = args.kill_after {
             spawn_stopper(&c, t)?;
@@ -551,7 +559,7 @@ async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
     let h = connect_container(&c).await?;
     let opts = vch::attach::AttachOptions {
         id: Some(id.clone()),
-        tty: args.tty,
+        tty,
         detach_keys: vch::attach::parse_detach_keys("ctrl-p,ctrl-q")?,
         deadline: Duration::from_secs(60),
     };
@@ -669,18 +677,8 @@ async fn exec(root: PathBuf, args: ExecArgs) -> anyhow::Result<i32> {
     let c = Container::find(&root, &args.container)?;
     let h = connect_container(&c).await?;
     let exec_id = new_id();
-    let spec = RunSpec {
-        name: None,
-        command: args.command,
-        env: args.env,
-        workdir: args.workdir,
-        user: args.user,
-        tty: args.tty,
-        interactive: args.interactive,
-        attached: !args.detach,
-        debug: 0,
-        debug_shell: false,
-    };
+    let (tty, detach) = (args.process.tty, args.process.detach);
+    let spec = args.process.spec(None, args.command);
     c.add_exec(
         &exec_id,
         &vch::container::session(&exec_id, &c.meta.name, &spec),
@@ -698,13 +696,13 @@ async fn exec(root: PathBuf, args: ExecArgs) -> anyhow::Result<i32> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    if args.detach {
+    if detach {
         println!("{exec_id}");
         return Ok(0);
     }
     let opts = vch::attach::AttachOptions {
         id: Some(exec_id),
-        tty: args.tty,
+        tty,
         detach_keys: vch::attach::parse_detach_keys("ctrl-p,ctrl-q")?,
         deadline: Duration::from_secs(60),
     };

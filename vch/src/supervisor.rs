@@ -9,8 +9,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tether_proto::guestinfo::stream::serve;
-use tether_proto::guestinfo::vmx::VmxFile;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -20,17 +18,8 @@ use crate::vm::{self, VmSpec};
 /// Serves guestinfo from `file` to each connection on `listener` (QEMU's, and its reconnects).
 pub fn serve_guestinfo(file: std::path::PathBuf, listener: UnixListener) {
     std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let file = file.clone();
-            std::thread::spawn(move || {
-                let result = VmxFile::open(&file)
-                    .map_err(anyhow::Error::from)
-                    .and_then(|mut store| Ok(serve(&mut stream, &mut store)?));
-                if let Err(e) = result {
-                    tracing::warn!("guestinfo connection ended: {e:#}");
-                }
-            });
+        for stream in listener.incoming().flatten() {
+            crate::guestinfo_server::serve_connection(file.clone(), Box::new(stream));
         }
     });
 }
