@@ -535,10 +535,12 @@ async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
     vch::vm::check_assets(&vch::vm::assets_dir(), meta.boot)?;
     let c = Container::create(&root, meta, &executor_config(&id, &name, &spec))?;
     start_supervisor(&c)?;
-    if !wait_until(Duration::from_secs(180), || {
-        c.ctl_socket().exists() || !c.running()
-    }) || !c.ctl_socket().exists()
-    {
+    let booted = tokio::task::block_in_place(|| {
+        wait_until(Duration::from_secs(180), || {
+            c.ctl_socket().exists() || !c.running()
+        })
+    });
+    if !booted || !c.ctl_socket().exists() {
         let why = boot_failure(&c);
         if args.rm {
             wait_until(Duration::from_secs(10), || !c.running());
