@@ -881,14 +881,10 @@ impl<H: Handler> Conn<H> {
                 let answer = self
                     .handler
                     .global_request_later(&name, r.rest(), want_reply);
-                if let (true, Some(answer)) = (want_reply, answer) {
-                    let p = match answer {
-                        Some(data) => Writer::msg(msg::REQUEST_SUCCESS).raw(&data).finish(),
-                        None => vec![msg::REQUEST_FAILURE],
-                    };
-                    self.send(p).await?;
+                match answer {
+                    Some(answer) if want_reply => self.answer_global(answer).await,
+                    _ => Ok(()),
                 }
-                Ok(())
             }
             n @ (msg::REQUEST_SUCCESS | msg::REQUEST_FAILURE) => {
                 let waiter = self
@@ -1104,6 +1100,15 @@ impl<H: Handler> Conn<H> {
         }
     }
 
+    /// Answers the peer's global request: success with its payload, or failure.
+    async fn answer_global(&mut self, answer: Option<Vec<u8>>) -> Result<(), SshError> {
+        let p = match answer {
+            Some(data) => Writer::msg(msg::REQUEST_SUCCESS).raw(&data).finish(),
+            None => vec![msg::REQUEST_FAILURE],
+        };
+        self.send(p).await
+    }
+
     /// Answers the peer's channel request (in the order the requests came).
     async fn answer_request(&mut self, id: u32, ok: bool) -> Result<(), SshError> {
         let Some(ch) = self.channels.get(&id) else {
@@ -1273,13 +1278,7 @@ impl<H: Handler> Conn<H> {
             }
             Command::AnswerOpen(ch, answer) => self.answer_open(ch, answer).await,
             Command::AnswerRequest(ch, ok) => self.answer_request(ch, ok).await,
-            Command::AnswerGlobal(answer) => {
-                let p = match answer {
-                    Some(data) => Writer::msg(msg::REQUEST_SUCCESS).raw(&data).finish(),
-                    None => vec![msg::REQUEST_FAILURE],
-                };
-                self.send(p).await
-            }
+            Command::AnswerGlobal(answer) => self.answer_global(answer).await,
             Command::Disconnect(why) => {
                 let mut w = Writer::msg(msg::DISCONNECT);
                 w.u32(msg::DISCONNECT_BY_APPLICATION).string(why).string("");

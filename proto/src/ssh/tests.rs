@@ -346,3 +346,86 @@ async fn the_first_packet_must_be_kexinit() {
         "{err}"
     );
 }
+
+/// A server that answers nothing at once: a task answers each open, request and global request
+/// after a delay, as a relay does once it has asked elsewhere.
+struct Later {
+    handle: Option<Handle>,
+}
+
+impl Handler for Later {
+    fn connected(&mut self, handle: Handle) {
+        self.handle = Some(handle);
+    }
+    fn auth_none(&mut self, _: &str) -> bool {
+        true
+    }
+    fn channel_open_later(
+        &mut self,
+        ch: ChannelId,
+        typ: &str,
+        _: &[u8],
+    ) -> Option<Result<(), OpenFailure>> {
+        let h = self.handle.clone().unwrap();
+        let answer = match typ {
+            "yes" => Ok(()),
+            _ => Err(OpenFailure::new(1, format!("no {typ}"))),
+        };
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            h.answer_open(ch, answer).await.unwrap();
+        });
+        None
+    }
+    fn channel_request_later(
+        &mut self,
+        ch: ChannelId,
+        name: &str,
+        _: &[u8],
+        want_reply: bool,
+    ) -> Option<bool> {
+        let h = self.handle.clone().unwrap();
+        let ok = name == "good";
+        if want_reply {
+            tokio::spawn(async move { h.answer_request(ch, ok).await.unwrap() });
+        }
+        None
+    }
+    fn global_request_later(
+        &mut self,
+        name: &str,
+        _: &[u8],
+        want: bool,
+    ) -> Option<Option<Vec<u8>>> {
+        let h = self.handle.clone().unwrap();
+        let answer = (name == "echo").then(|| name.as_bytes().to_vec());
+        if want {
+            tokio::spawn(async move { h.answer_global(answer).await.unwrap() });
+        }
+        None
+    }
+}
+
+#[tokio::test]
+async fn a_handler_may_answer_opens_and_requests_later() {
+    let (a, b) = tokio::io::duplex(64 * 1024);
+    let server = ServerConfig::new(vec![PrivateKey::generate_ed25519()]);
+    tokio::spawn(serve(b, Arc::new(server), Later { handle: None }));
+    let (h, _task) = connect(a, ClientConfig::new("x"), NoHandler).await.unwrap();
+    assert_eq!(
+        h.global_request("echo", true, Vec::new()).await.unwrap(),
+        Some(b"echo".to_vec())
+    );
+    assert_eq!(
+        h.global_request("other", true, Vec::new()).await.unwrap(),
+        None
+    );
+    let refused = h.open("no-such", Vec::new()).await.unwrap().unwrap_err();
+    assert_eq!(refused, OpenFailure::new(1, "no no-such"));
+    let ch = h.open("yes", Vec::new()).await.unwrap().unwrap();
+    assert!(ch.request("good", true, Vec::new()).await.unwrap());
+    assert!(!ch.request("bad", true, Vec::new()).await.unwrap());
+    // Without want_reply nothing is answered, and the next reply still pairs with its request.
+    assert!(ch.request("bad", false, Vec::new()).await.unwrap());
+    assert!(ch.request("good", true, Vec::new()).await.unwrap());
+}
