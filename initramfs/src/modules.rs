@@ -27,12 +27,7 @@ pub struct KernelModules {
     builtin: BTreeSet<String>,
 }
 
-/// The module name of a file: its base name without `.ko` (and a compression suffix), `-` as `_`.
-pub fn name_of(file: &str) -> String {
-    let base = file.rsplit('/').next().unwrap_or(file);
-    let base = base.split(".ko").next().unwrap_or(base);
-    base.replace('-', "_")
-}
+use tether_proto::modindex::module_name as name_of;
 
 /// What a build asked for and did not get.
 #[derive(Debug, Default, PartialEq, Eq)]

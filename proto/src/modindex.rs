@@ -107,6 +107,13 @@ impl ModuleIndex {
     }
 }
 
+/// The module name of a file: its base name without `.ko` (and a compression suffix), `-` as `_`.
+pub fn module_name(file: &str) -> String {
+    let base = file.rsplit('/').next().unwrap_or(file);
+    let base = base.split(".ko").next().unwrap_or(base);
+    base.replace('-', "_")
+}
+
 /// fnmatch(3) without flags, as kmod matches aliases: `*`, `?` and `[...]` (with ranges and `!`
 /// or `^` negation).
 pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {

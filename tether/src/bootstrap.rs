@@ -89,22 +89,21 @@ pub fn modaliases(sys: &Path) -> BTreeSet<String> {
 /// Loads kernel modules from files; behind a trait so that selection is tested without root.
 pub trait ModuleLoader {
     fn load(&mut self, file: &Path) -> Result<(), String>;
+    /// Whether the kernel has module `name` already (the bootstrap stage loaded it, for the
+    /// tether loading the late ones).
+    fn is_loaded(&self, _name: &str) -> bool {
+        false
+    }
 }
 
 pub struct Finit;
 
 impl ModuleLoader for Finit {
+    fn is_loaded(&self, name: &str) -> bool {
+        Path::new("/sys/module").join(name).exists()
+    }
+
     fn load(&mut self, file: &Path) -> Result<(), String> {
-        // Loaded already (by the bootstrap stage, when the tether loads the late ones).
-        let name = file
-            .file_name()
-            .and_then(|n| n.to_str())
-            .and_then(|n| n.split(".ko").next())
-            .unwrap_or_default()
-            .replace('-', "_");
-        if Path::new("/sys/module").join(&name).exists() {
-            return Ok(());
-        }
         let f = File::open(file).map_err(|e| e.to_string())?;
         match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
             Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
@@ -138,12 +137,16 @@ impl<L: ModuleLoader> Modules<L> {
 
     /// Loads a module and what it needs; returns whether anything new was tried.
     pub fn load(&mut self, name: &str) -> bool {
-        if !self.loaded_modules.insert(name.to_string()) {
+        if !self.loaded_modules.insert(name.to_string()) || self.loader.is_loaded(name) {
             return false;
         }
         let files = self.index.modules.get(name).cloned().unwrap_or_default();
         for f in files {
-            if !self.loaded_files.insert(f.clone()) {
+            if !self.loaded_files.insert(f.clone())
+                || self
+                    .loader
+                    .is_loaded(&tether_proto::modindex::module_name(&f))
+            {
                 continue;
             }
             if let Err(e) = self.loader.load(&self.dir.join(&f)) {
@@ -152,11 +155,6 @@ impl<L: ModuleLoader> Modules<L> {
             }
         }
         true
-    }
-
-    /// Counts modules as loaded (those the kernel already has).
-    pub fn mark_loaded(&mut self, names: impl IntoIterator<Item = String>) {
-        self.loaded_modules.extend(names);
     }
 
     pub fn load_always(&mut self) {
@@ -174,6 +172,30 @@ impl<L: ModuleLoader> Modules<L> {
             .filter(|m| late || !self.index.late.contains(m))
             .collect();
         wanted.into_iter().filter(|m| self.load(m)).collect()
+    }
+}
+
+/// Where the tether finds the modules after switch_root (the bootstrap stage binds them there).
+pub const TETHER_MODULE_DIR: &str = "/.tether/lib/modules";
+
+/// In the tether: loads the modules the bootstrap stage left for later (see the index's `late`).
+pub fn load_late() {
+    let dir = Path::new(TETHER_MODULE_DIR);
+    let Ok(text) = std::fs::read_to_string(dir.join(INDEX_FILE)) else {
+        return;
+    };
+    match ModuleIndex::parse(&text) {
+        Ok(index) => {
+            let mut m = Modules::new(index, dir.to_path_buf(), Finit);
+            let loaded = m.load_matching(&modaliases(Path::new("/sys")), true);
+            if !loaded.is_empty() {
+                tracing::info!("loaded {}", loaded.join(" "));
+            }
+            for f in &m.failures {
+                tracing::warn!("module {f}");
+            }
+        }
+        Err(e) => tracing::warn!("late modules: {e}"),
     }
 }
 
@@ -342,7 +364,7 @@ fn enter(disk: &Path) -> Result<Never, String> {
     std::fs::copy(&me, tether_dir.join("tether"))
         .map_err(|e| format!("copying {} to /.tether/tether: {e}", me.display()))?;
     // The modules stay reachable for the tether (it loads the late ones) and the container.
-    let modules_dir = tether_dir.join("lib/modules");
+    let modules_dir = root.join(TETHER_MODULE_DIR.trim_start_matches('/'));
     if std::fs::create_dir_all(&modules_dir).is_ok() {
         if let Err(e) = mount(
             Some(MODULE_DIR),
@@ -454,8 +476,12 @@ mod tests {
         );
     }
 
-    struct Recorder(Vec<String>);
+    /// Records the files loaded; the modules in `.1` count as loaded already.
+    struct Recorder(Vec<String>, Vec<&'static str>);
     impl ModuleLoader for &mut Recorder {
+        fn is_loaded(&self, name: &str) -> bool {
+            self.1.contains(&name)
+        }
         fn load(&mut self, file: &Path) -> Result<(), String> {
             let f = file.file_name().unwrap().to_string_lossy().into_owned();
             self.0.push(f.clone());
@@ -501,7 +527,7 @@ mod tests {
              late ata_piix\n",
         )
         .unwrap();
-        let mut rec = Recorder(Vec::new());
+        let mut rec = Recorder(Vec::new(), Vec::new());
         let mut m = Modules::new(index, PathBuf::from("/lib/modules"), &mut rec);
         m.load_always();
         let aliases = modaliases(sys);
@@ -533,6 +559,20 @@ mod tests {
             ],
             "shared dependencies load once, before their users; late ones last; pvscsi is not present"
         );
+    }
+
+    #[test]
+    fn modules_the_kernel_has_are_not_loaded_again() {
+        let index = ModuleIndex::parse(
+            "module virtio_blk v/virtio_ring.ko v/virtio.ko v/virtio_blk.ko\n\
+             module ata_piix a/ata_piix.ko\n",
+        )
+        .unwrap();
+        let mut rec = Recorder(Vec::new(), vec!["virtio_ring", "ata_piix"]);
+        let mut m = Modules::new(index, PathBuf::from("/m"), &mut rec);
+        assert!(m.load("virtio_blk"));
+        assert!(!m.load("ata_piix"), "loaded already: nothing new tried");
+        assert_eq!(rec.0, ["virtio.ko", "virtio_blk.ko"]);
     }
 
     #[test]

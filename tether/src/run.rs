@@ -13,6 +13,7 @@ use anyhow::{bail, Context as _};
 use tether_proto::guestinfo::stream::StreamGuestInfo;
 use tether_proto::guestinfo::vmx::VmxFile;
 use tether_proto::guestinfo::GuestInfo;
+use tether_proto::vm::GUESTINFO_PORT;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -63,12 +64,8 @@ pub fn open_guestinfo(spec: &str) -> anyhow::Result<Box<dyn GuestInfo>> {
         // VMware's backdoor when it is there; otherwise the port a QEMU host serves guestinfo on.
         _ if spec == "auto" => match Backdoor::open(false) {
             Ok(b) => Box::new(b),
-            Err(backdoor) => {
-                let path = virtio_port(Path::new("/sys"), GUESTINFO_PORT).with_context(|| {
-                    format!("no guestinfo: not on VMware ({backdoor}) and no virtio port {GUESTINFO_PORT:?}")
-                })?;
-                open_port(&path)?
-            }
+            Err(backdoor) => open_guestinfo(&format!("virtio:{GUESTINFO_PORT}"))
+                .with_context(|| format!("no guestinfo: not on VMware ({backdoor})"))?,
         },
         Some(("virtio", name)) => {
             let path = virtio_port(Path::new("/sys"), name)
@@ -92,8 +89,6 @@ pub fn open_guestinfo(spec: &str) -> anyhow::Result<Box<dyn GuestInfo>> {
         _ => Box::new(VmxFile::open(spec)?),
     })
 }
-
-use tether_proto::vm::GUESTINFO_PORT;
 
 /// The device of the virtio-serial port called `name` (`/dev/vportNpM`, found through sysfs).
 pub fn virtio_port(sys: &Path, name: &str) -> anyhow::Result<PathBuf> {
@@ -183,7 +178,7 @@ pub fn init(cmdline: Option<String>) -> ! {
             let gi = open_guestinfo(&boot.guestinfo)?;
             // Threads may start now. The drivers the bootstrap stage left (NICs, IDE, fw_cfg,
             // vsock) load beside the container's start.
-            std::thread::spawn(load_late_modules);
+            std::thread::spawn(crate::bootstrap::load_late);
             let output_path = match boot.output_log.as_str() {
                 "auto" => virtio_port(Path::new("/sys"), tether_proto::vm::OUTPUT_PORT)
                     .unwrap_or_else(|_| PathBuf::from("/dev/ttyS2")),
@@ -210,35 +205,6 @@ pub fn init(cmdline: Option<String>) -> ! {
         Err(_) => tracing::error!("the tether panicked; powering off"),
     }
     pid1::power_off()
-}
-
-/// Loads the modules the bootstrap stage left for later, from its modules under `/.tether`.
-fn load_late_modules() {
-    use crate::bootstrap::{modaliases, Finit, Modules, INDEX_FILE};
-    let dir = Path::new("/.tether/lib/modules");
-    let Ok(text) = std::fs::read_to_string(dir.join(INDEX_FILE)) else {
-        return;
-    };
-    match tether_proto::modindex::ModuleIndex::parse(&text) {
-        Ok(index) => {
-            let mut m = Modules::new(index, dir.to_path_buf(), Finit);
-            m.mark_loaded(
-                std::fs::read_dir("/sys/module")
-                    .into_iter()
-                    .flatten()
-                    .flatten()
-                    .filter_map(|e| e.file_name().into_string().ok()),
-            );
-            let loaded = m.load_matching(&modaliases(Path::new("/sys")), true);
-            if !loaded.is_empty() {
-                tracing::info!("loaded {}", loaded.join(" "));
-            }
-            for f in &m.failures {
-                tracing::warn!("module {f}");
-            }
-        }
-        Err(e) => tracing::warn!("late modules: {e}"),
-    }
 }
 
 /// What process mode and PID 1 share: the runtime, the reaper, the output log, the guestinfo

@@ -543,31 +543,20 @@ async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
     if !booted || !c.ctl_socket().exists() {
         let why = boot_failure(&c);
         if args.rm {
-            wait_until(Duration::from_secs(10), || !c.running());
+            tokio::task::block_in_place(|| wait_until(Duration::from_secs(10), || !c.running()));
             let _ = std::fs::remove_dir_all(&c.dir);
         }
         bail!("{name} did not start: {why}");
     }
-    if detach {
-        println!("{id}");
-        if let Some(t) = args.kill_after {
-            spawn_stopper(&c, t)?;
-        }
-        return Ok(0);
-    }
     if let Some(t) = args.kill_after {
         spawn_stopper(&c, t)?;
     }
+    if detach {
+        println!("{id}");
+        return Ok(0);
+    }
     let h = connect_container(&c).await?;
-    let opts = vch::attach::AttachOptions {
-        id: Some(id.clone()),
-        tty,
-        detach_keys: vch::attach::parse_detach_keys("ctrl-p,ctrl-q")?,
-        deadline: Duration::from_secs(60),
-    };
-    let status = vch::attach::attach(&h, &opts).await?;
-    h.disconnect("done").await;
-    let Some(mut status) = status else {
+    let Some(mut status) = attach_to(&h, id, tty).await? else {
         return Ok(0); // detached
     };
     // The VM powers off after its primary session; its recorded status is the final word.
@@ -656,17 +645,14 @@ async fn stop(c: &Container, grace: Duration) -> anyhow::Result<()> {
         .and_then(|cfg| cfg.sessions.get(&id).map(|s| s.stop_signal.clone()))
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "TERM".into());
+    let ended = |limit| tokio::task::block_in_place(|| wait_until(limit, || !c.running()));
     let _ = vch::attach::kill(&h, &id, &sig, false).await;
-    let cc = Container::open(&c.dir)?;
-    if tokio::task::spawn_blocking(move || wait_until(grace, || !cc.running())).await? {
+    if ended(grace) {
         return Ok(());
     }
     let _ = vch::attach::kill(&h, &id, "KILL", true).await;
     h.disconnect("done").await;
-    let cc = Container::open(&c.dir)?;
-    if tokio::task::spawn_blocking(move || wait_until(Duration::from_secs(15), || !cc.running()))
-        .await?
-    {
+    if ended(Duration::from_secs(15)) {
         return Ok(());
     }
     if let Some(pid) = c.supervisor() {
@@ -702,13 +688,22 @@ async fn exec(root: PathBuf, args: ExecArgs) -> anyhow::Result<i32> {
         println!("{exec_id}");
         return Ok(0);
     }
+    Ok(attach_to(&h, exec_id, tty).await?.unwrap_or(0))
+}
+
+/// Attaches to session `id` with docker's detach keys; its exit status, `None` after a detach.
+async fn attach_to(
+    h: &tether_proto::ssh::Handle,
+    id: String,
+    tty: bool,
+) -> anyhow::Result<Option<i32>> {
     let opts = vch::attach::AttachOptions {
-        id: Some(exec_id),
+        id: Some(id),
         tty,
         detach_keys: vch::attach::parse_detach_keys("ctrl-p,ctrl-q")?,
         deadline: Duration::from_secs(60),
     };
-    let status = vch::attach::attach(&h, &opts).await?;
+    let status = vch::attach::attach(h, &opts).await?;
     h.disconnect("done").await;
-    Ok(status.unwrap_or(0))
+    Ok(status)
 }

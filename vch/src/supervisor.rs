@@ -56,6 +56,29 @@ impl AsyncWrite for QuickAck {
     }
 }
 
+/// Takes the tether's connections on COM1 (again after each loss of the line) and serves the
+/// control socket while one is up.
+async fn attach_lines(
+    com1: &tokio::net::TcpListener,
+    c: &Container,
+) -> anyhow::Result<std::convert::Infallible> {
+    loop {
+        let (stream, _) = com1.accept().await?;
+        stream.set_nodelay(true)?;
+        match crate::attach::connect(Box::new(QuickAck(stream)), Duration::from_secs(600)).await {
+            Ok(h) => {
+                tracing::info!("the tether is connected");
+                let _ = std::fs::remove_file(c.ctl_socket());
+                let ctl = tokio::net::UnixListener::bind(c.ctl_socket())?;
+                crate::front::serve(ctl, h).await;
+                let _ = std::fs::remove_file(c.ctl_socket());
+                tracing::info!("the tether's connection ended");
+            }
+            Err(e) => tracing::warn!("attach line: {e:#}"),
+        }
+    }
+}
+
 /// Runs the containerVM in `dir` to its end.
 pub fn supervise(dir: &Path) -> anyhow::Result<()> {
     let c = Container::open(dir)?;
@@ -113,34 +136,9 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
             com1.local_addr()?
         );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let lines = async {
-            loop {
-                let (stream, _) = com1.accept().await?;
-                stream.set_nodelay(true)?;
-                let line: Box<dyn crate::attach::Line> = Box::new(QuickAck(stream));
-                let mut client = tether_proto::ssh::ClientConfig::new("daemon");
-                if let Ok(c) = std::env::var("VCH_CIPHER") {
-                    client.prefs.ciphers.retain(|x| *x != c);
-                    client.prefs.ciphers.insert(0, c);
-                }
-                match crate::attach::connect_with(line, Duration::from_secs(600), client).await {
-                    Ok(h) => {
-                        tracing::info!("the tether is connected");
-                        let _ = std::fs::remove_file(c.ctl_socket());
-                        let ctl = tokio::net::UnixListener::bind(c.ctl_socket())?;
-                        crate::front::serve(ctl, h).await;
-                        let _ = std::fs::remove_file(c.ctl_socket());
-                        tracing::info!("the tether's connection ended");
-                    }
-                    Err(e) => tracing::warn!("attach line: {e:#}"),
-                }
-            }
-            #[allow(unreachable_code)]
-            Ok::<(), anyhow::Error>(())
-        };
         tokio::select! {
             status = qemu.wait() => tracing::info!("QEMU exited: {}", status?),
-            r = lines => r?,
+            r = attach_lines(&com1, c) => match r? {},
             _ = term.recv() => {
                 tracing::info!("stopping QEMU (SIGTERM)");
                 let _ = qemu.start_kill();
