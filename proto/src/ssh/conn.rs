@@ -937,6 +937,7 @@ impl<H: Handler> Conn<H> {
                     id: ChannelId(id),
                     handle,
                     events: rx,
+                    unadjusted: 0,
                 }));
                 Ok(())
             }

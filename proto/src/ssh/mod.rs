@@ -430,6 +430,8 @@ pub struct Channel {
     pub id: ChannelId,
     pub handle: Handle,
     events: mpsc::UnboundedReceiver<ChannelEvent>,
+    /// Data taken and not yet given back to the peer's window.
+    unadjusted: u32,
 }
 
 impl std::fmt::Debug for Channel {
@@ -439,11 +441,19 @@ impl std::fmt::Debug for Channel {
 }
 
 impl Channel {
-    /// The next event; data given back to the peer's window as it is taken. `None` once closed.
+    /// The next event; the data of the previous one is given back to the peer's window first
+    /// (it has been consumed by then). `None` once closed.
+    ///
+    /// Cancel-safe (a `select!` branch may drop it at any await): the window is given back before
+    /// an event is taken, never after, so a dropped call loses no event.
     pub async fn recv(&mut self) -> Option<ChannelEvent> {
+        if self.unadjusted > 0 {
+            let _ = self.handle.adjust_window(self.id, self.unadjusted).await;
+            self.unadjusted = 0;
+        }
         let ev = self.events.recv().await?;
         if let ChannelEvent::Data(d) | ChannelEvent::ExtendedData(_, d) = &ev {
-            let _ = self.handle.adjust_window(self.id, d.len() as u32).await;
+            self.unadjusted = d.len() as u32;
         }
         Some(ev)
     }
