@@ -101,6 +101,7 @@ fn baseline_run(
         output_log: &output,
         disk: Some(disk),
         guestinfo: None,
+        vsock: None,
         cmdline_extra: "",
     };
     let t0 = Instant::now();

@@ -83,11 +83,22 @@ pub fn host_key(pem: &[u8]) -> PrivateKey {
     }
 }
 
+/// A descriptor read and written with read(2) and write(2) (a serial port, a vsock socket) as an
+/// async stream.
+fn byte_stream(fd: std::os::fd::OwnedFd) -> std::io::Result<Box<dyn Line>> {
+    // The runtime needs it non-blocking (the "unchecked" constructors do not set it).
+    crate::sys::set_nonblocking(&fd)?;
+    let write = fd.try_clone()?;
+    let r = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(fd)?;
+    let w = tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(write)?;
+    Ok(Box::new(tokio::io::join(r, w)))
+}
+
 trait Line: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Line for T {}
 
-/// Opens the attach line: `tcp:HOST:PORT` and `unix:PATH` connect to the host, `serial:DEVICE`
-/// opens a serial port raw.
+/// Opens the attach line: `tcp:HOST:PORT`, `unix:PATH` and `vsock:CID:PORT` connect to the host,
+/// `serial:DEVICE` opens a serial port raw.
 async fn open(spec: &str) -> std::io::Result<Box<dyn Line>> {
     let bad = || {
         std::io::Error::new(
@@ -104,12 +115,18 @@ async fn open(spec: &str) -> std::io::Result<Box<dyn Line>> {
         ("unix", path) => Ok(Box::new(tokio::net::UnixStream::connect(path).await?)),
         ("serial", dev) => {
             let file = crate::sys::serial::open_raw(std::path::Path::new(dev), false)?;
-            // The runtime needs it non-blocking (the "unchecked" constructors do not set it).
-            crate::sys::set_nonblocking(&file)?;
-            let write = file.try_clone()?;
-            let r = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(file.into())?;
-            let w = tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(write.into())?;
-            Ok(Box::new(tokio::io::join(r, w)))
+            byte_stream(file.into())
+        }
+        ("vsock", addr) => {
+            let (cid, port) = addr.split_once(':').ok_or_else(bad)?;
+            let (cid, port) = match (cid.parse::<u32>(), port.parse::<u32>()) {
+                (Ok(c), Ok(p)) => (c, p),
+                _ => return Err(bad()),
+            };
+            let fd = tokio::task::spawn_blocking(move || crate::sys::vsock_connect(cid, port))
+                .await
+                .map_err(std::io::Error::other)??;
+            byte_stream(fd)
         }
         _ => Err(bad()),
     }
@@ -624,6 +641,26 @@ async fn forward(h: Handle, ch: ChannelId, tty: bool, mut outputs: mpsc::Receive
         };
         if sent.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_malformed_line_is_refused_by_name() {
+        for spec in [
+            "vsock:2",
+            "vsock:host:2377",
+            "vsock:2:port",
+            "udp:1.2.3.4:5",
+            "serial",
+        ] {
+            let err = open(spec).await.err().expect(spec);
+            assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput, "{spec}");
+            assert!(err.to_string().contains(spec), "{err}");
         }
     }
 }

@@ -33,6 +33,20 @@ pub enum BootMode {
     Iso,
 }
 
+/// The line the tether attaches on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachLine {
+    /// COM1, a network serial port with the VM as the TCP client (VIC's).
+    #[default]
+    Serial,
+    /// virtio-vsock to the host (CID 2), through a vhost-user backend (`vhost-device-vsock`).
+    Vsock,
+}
+
+/// The vsock port the tether connects to on the host.
+pub const VSOCK_PORT: u32 = 2377;
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Meta {
     pub id: String,
@@ -45,6 +59,8 @@ pub struct Meta {
     /// Extra words for the kernel command line (the `-kernel` path only).
     #[serde(default)]
     pub cmdline: String,
+    #[serde(default)]
+    pub attach_line: AttachLine,
 }
 
 pub struct Container {
@@ -155,6 +171,14 @@ impl Container {
     }
     pub fn pid_file(&self) -> PathBuf {
         self.dir.join("supervisor.pid")
+    }
+    /// The vhost-user socket QEMU and the vsock backend share.
+    pub fn vhost_socket(&self) -> PathBuf {
+        self.dir.join("vhu.sock")
+    }
+    /// The backend's host side: a guest connection to port P arrives on `<this>_P`.
+    pub fn vsock_uds(&self) -> PathBuf {
+        self.dir.join("vm.vsock")
     }
 
     /// Makes the state directory, the guestinfo file and the disk overlay.

@@ -163,9 +163,13 @@ async fn relay(
     mut from_client: mpsc::UnboundedReceiver<FromClient>,
 ) {
     let mut client_gone = false;
+    let mut relayed = 0usize;
     loop {
         tokio::select! {
             ev = up.recv() => {
+                if let Some(ChannelEvent::Data(d) | ChannelEvent::ExtendedData(_, d)) = &ev {
+                    relayed += d.len();
+                }
                 let sent = match ev {
                     Some(ChannelEvent::Data(d)) => down.data(ch, None, d).await,
                     Some(ChannelEvent::ExtendedData(c, d)) => down.data(ch, Some(c), d).await,
@@ -174,6 +178,7 @@ async fn relay(
                         down.channel_request(ch, &name, false, data).await.map(|_| ())
                     }
                     Some(ChannelEvent::Closed) | None => {
+                        tracing::debug!(channel = ch.0, relayed, "the tether closed a channel");
                         let _ = down.close(ch).await;
                         return;
                     }
@@ -207,8 +212,30 @@ async fn relay(
     }
 }
 
-/// Serves clients on `listener`, relaying to `upstream`, until `upstream` is gone.
-pub async fn serve(listener: tokio::net::UnixListener, upstream: Handle) {
+/// The connected clients, counted so that the supervisor outlives the delivery of their output:
+/// when the VM is gone a relay may still hold output a client has not taken yet.
+#[derive(Clone)]
+pub struct Clients(std::sync::Arc<tokio::sync::watch::Sender<usize>>);
+
+impl Default for Clients {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::watch::Sender::new(0)))
+    }
+}
+
+impl Clients {
+    /// Waits until every client has disconnected, at most `limit`; whether they all did.
+    pub async fn wait_gone(&self, limit: std::time::Duration) -> bool {
+        let mut rx = self.0.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|n| *n == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+}
+
+/// Serves clients on `listener`, relaying to `upstream`, until `upstream` is gone; the clients'
+/// connections go on (to take what is relayed) and are counted in `clients`.
+pub async fn serve(listener: tokio::net::UnixListener, upstream: Handle, clients: Clients) {
     let key = PrivateKey::generate_ed25519();
     let config = std::sync::Arc::new(ServerConfig::new(vec![key]));
     loop {
@@ -224,10 +251,13 @@ pub async fn serve(listener: tokio::net::UnixListener, upstream: Handle) {
             globals: None,
         };
         let config = config.clone();
+        let clients = clients.clone();
+        clients.0.send_modify(|n| *n += 1);
         tokio::spawn(async move {
             if let Err(e) = ssh::serve(stream, config, front).await {
                 tracing::debug!("a control client: {e}");
             }
+            clients.0.send_modify(|n| *n -= 1);
         });
     }
 }

@@ -7,7 +7,9 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use vch::container::{executor_config, new_id, state_root, BootMode, Container, Meta, RunSpec};
+use vch::container::{
+    executor_config, new_id, state_root, AttachLine, BootMode, Container, Meta, RunSpec,
+};
 use vch::guestinfo_server::{serve_file, ListenAddr};
 use vch::logs::{render, LogOptions, Streams};
 
@@ -183,6 +185,9 @@ struct RunArgs {
     /// Extra words for the kernel command line (the kernel boot path only).
     #[arg(long, default_value = "")]
     cmdline: String,
+    /// The tether's attach line: COM1 (as VIC) or virtio-vsock (the kernel boot path only).
+    #[arg(long, value_enum, default_value = "serial")]
+    attach_line: AttachLine,
     /// The command; the image's /hello when absent.
     #[arg(last = true)]
     command: Vec<String>,
@@ -531,7 +536,11 @@ async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
         boot: args.boot,
         memory_mib: args.memory,
         cmdline: args.cmdline,
+        attach_line: args.attach_line,
     };
+    if meta.attach_line == AttachLine::Vsock && meta.boot == BootMode::Iso {
+        bail!("--attach-line vsock needs --boot kernel (the ISO's command line is fixed)");
+    }
     vch::vm::check_assets(&vch::vm::assets_dir(), meta.boot)?;
     let c = Container::create(&root, meta, &executor_config(&id, &name, &spec))?;
     start_supervisor(&c)?;

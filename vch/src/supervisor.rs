@@ -4,15 +4,12 @@
 
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
-use crate::container::{state_root, Container};
+use crate::attach::Listening;
+use crate::container::{state_root, AttachLine, Container, VSOCK_PORT};
 use crate::vm::{self, VmSpec};
 
 /// Serves guestinfo from `file` to each connection on `listener` (QEMU's, and its reconnects).
@@ -24,53 +21,21 @@ pub fn serve_guestinfo(file: std::path::PathBuf, listener: UnixListener) {
     });
 }
 
-/// COM1 as QEMU gives it: a byte at a time with Nagle on. The host acks at once (TCP_QUICKACK
-/// before every read; Linux clears it), so a small reply costs well under a millisecond, not the
-/// 40 ms of a delayed ack.
-pub struct QuickAck(pub TcpStream);
-
-impl AsyncRead for QuickAck {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for QuickAck {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-/// Takes the tether's connections on COM1 (again after each loss of the line) and serves the
-/// control socket while one is up.
+/// Takes the tether's connections on its attach line (again after each loss of the line) and
+/// serves the control socket while one is up.
 async fn attach_lines(
-    com1: &tokio::net::TcpListener,
+    lines: &Listening,
     c: &Container,
+    clients: &crate::front::Clients,
 ) -> anyhow::Result<std::convert::Infallible> {
     loop {
-        let (stream, _) = com1.accept().await?;
-        stream.set_nodelay(true)?;
-        match crate::attach::connect(Box::new(QuickAck(stream)), Duration::from_secs(600)).await {
+        let line = lines.accept().await?;
+        match crate::attach::connect(line, Duration::from_secs(600)).await {
             Ok(h) => {
                 tracing::info!("the tether is connected");
                 let _ = std::fs::remove_file(c.ctl_socket());
                 let ctl = tokio::net::UnixListener::bind(c.ctl_socket())?;
-                crate::front::serve(ctl, h).await;
+                crate::front::serve(ctl, h, clients.clone()).await;
                 let _ = std::fs::remove_file(c.ctl_socket());
                 tracing::info!("the tether's connection ended");
             }
@@ -78,6 +43,43 @@ async fn attach_lines(
         }
     }
 }
+
+/// The vhost-user vsock backend (`vhost-device-vsock`, from crates.io; `scripts/setup-vm` puts it
+/// under the assets' `tools/bin`), started before QEMU, which connects to its socket.
+async fn start_vsock_backend(c: &Container) -> anyhow::Result<tokio::process::Child> {
+    let bundled = vm::assets_dir().join("tools/bin/vhost-device-vsock");
+    let exe = if bundled.exists() {
+        bundled
+    } else {
+        "vhost-device-vsock".into()
+    };
+    let _ = std::fs::remove_file(c.vhost_socket());
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(c.dir.join("vsock.log"))?;
+    let child = tokio::process::Command::new(&exe)
+        .args(["--guest-cid", "3", "--socket"])
+        .arg(c.vhost_socket())
+        .arg("--uds-path")
+        .arg(c.vsock_uds())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {} (scripts/setup-vm installs it)", exe.display()))?;
+    let start = std::time::Instant::now();
+    while !c.vhost_socket().exists() {
+        if start.elapsed() > Duration::from_secs(10) {
+            anyhow::bail!("{} made no socket within 10 s", exe.display());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(child)
+}
+
+/// How long, after QEMU has exited, clients may still be taking their output.
+const CLIENT_GRACE: Duration = Duration::from_secs(60);
 
 /// Runs the containerVM in `dir` to its end.
 pub fn supervise(dir: &Path) -> anyhow::Result<()> {
@@ -103,7 +105,23 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
+        // COM1 is there whichever line the tether attaches on, as in VIC's VM.
         let com1 = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let com1_port = com1.local_addr()?.port();
+        let (lines, vsock, cmdline) = match c.meta.attach_line {
+            AttachLine::Serial => (Listening::Tcp(com1), None, c.meta.cmdline.clone()),
+            AttachLine::Vsock => {
+                let backend = start_vsock_backend(c).await?;
+                let uds = format!("{}_{VSOCK_PORT}", c.vsock_uds().display());
+                let _ = std::fs::remove_file(&uds);
+                let l = tokio::net::UnixListener::bind(&uds)
+                    .with_context(|| format!("binding {uds}"))?;
+                let cmdline = format!("{} tether.attach=vsock:2:{VSOCK_PORT}", c.meta.cmdline);
+                // Kept alive to the end: the backend, and COM1's listener for QEMU to connect to.
+                (Listening::Unix(l), Some((backend, com1)), cmdline)
+            }
+        };
+        let vhost = c.vhost_socket();
         let disk = c.disk();
         let (debug, output, gi_sock) = (c.debug_log(), c.output_log(), c.gi_socket());
         let spec = VmSpec {
@@ -111,12 +129,13 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
             boot: c.meta.boot,
             accel,
             memory_mib: c.meta.memory_mib,
-            attach_port: com1.local_addr()?.port(),
+            attach_port: com1_port,
             debug_log: &debug,
             output_log: &output,
             disk: Some(&disk),
             guestinfo: Some(&gi_sock),
-            cmdline_extra: &c.meta.cmdline,
+            vsock: vsock.is_some().then_some(vhost.as_path()),
+            cmdline_extra: &cmdline,
         };
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -130,20 +149,25 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
             .spawn()
             .context("starting qemu-system-x86_64")?;
         tracing::info!(
-            "QEMU started ({}, {:?} boot), attach line on {}",
+            "QEMU started ({}, {:?} boot, attach line {:?})",
             accel.name(),
             c.meta.boot,
-            com1.local_addr()?
+            c.meta.attach_line
         );
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let clients = crate::front::Clients::default();
         tokio::select! {
             status = qemu.wait() => tracing::info!("QEMU exited: {}", status?),
-            r = attach_lines(&com1, c) => match r? {},
+            r = attach_lines(&lines, c, &clients) => match r? {},
             _ = term.recv() => {
                 tracing::info!("stopping QEMU (SIGTERM)");
                 let _ = qemu.start_kill();
                 let _ = qemu.wait().await;
             }
+        }
+        // Clients still taking the end of their output get it before this process goes.
+        if !clients.wait_gone(CLIENT_GRACE).await {
+            tracing::warn!("control clients still connected after {CLIENT_GRACE:?}; leaving them");
         }
         Ok(())
     })

@@ -53,6 +53,8 @@ pub struct VmSpec<'a> {
     pub disk: Option<&'a Path>,
     /// The host's guestinfo socket; none for the KVM probe.
     pub guestinfo: Option<&'a Path>,
+    /// A vhost-user vsock backend's socket, for a virtio-vsock device.
+    pub vsock: Option<&'a Path>,
     pub cmdline_extra: &'a str,
 }
 
@@ -64,9 +66,14 @@ pub fn qemu_args(spec: &VmSpec<'_>) -> Vec<String> {
         Accel::Kvm => "host",
         Accel::Tcg => "max",
     };
+    // vhost-user needs the guest's memory shared with the backend.
+    let memory = match spec.vsock {
+        Some(_) => ",memory-backend=mem0",
+        None => "",
+    };
     push(&[
         "-machine",
-        &format!("pc,accel={}", spec.accel.name()),
+        &format!("pc,accel={}{memory}", spec.accel.name()),
         "-cpu",
         cpu,
         "-m",
@@ -119,6 +126,19 @@ pub fn qemu_args(spec: &VmSpec<'_>) -> Vec<String> {
             &format!("file,id=out,path={},append=on", spec.output_log.display()),
             "-device",
             &format!("virtserialport,bus=vser0.0,chardev=out,name={OUTPUT_PORT}"),
+        ]);
+    }
+    if let Some(vhu) = spec.vsock {
+        push(&[
+            "-object",
+            &format!(
+                "memory-backend-memfd,id=mem0,size={}M,share=on",
+                spec.memory_mib
+            ),
+            "-chardev",
+            &format!("socket,id=vhu0,path={}", vhu.display()),
+            "-device",
+            "vhost-user-vsock-pci,chardev=vhu0",
         ]);
     }
     match spec.boot {
@@ -220,6 +240,7 @@ fn probe_kvm(assets: &Path, deadline: Duration) -> anyhow::Result<()> {
         output_log: &out,
         disk: None,
         guestinfo: None,
+        vsock: None,
         cmdline_extra: "tether.rootwait=0",
     };
     let mut child = std::process::Command::new("qemu-system-x86_64")
@@ -264,6 +285,7 @@ mod tests {
             output_log: Path::new("/s/output.log"),
             disk: Some(Path::new("/s/disk.qcow2")),
             guestinfo: Some(Path::new("/s/gi.sock")),
+            vsock: None,
             cmdline_extra: "",
         };
         let a = qemu_args(&spec).join(" ");
@@ -285,5 +307,16 @@ mod tests {
         let append = k.iter().position(|x| x == "-append").unwrap();
         assert_eq!(k[append + 1], format!("{CMDLINE} tether.rootwait=5"));
         assert!(k.contains(&"/a/vmlinux".to_string()));
+        assert!(!a.contains("vhost-user"), "no vsock device unless asked");
+        let v = qemu_args(&VmSpec {
+            vsock: Some(Path::new("/s/vhu.sock")),
+            ..spec
+        })
+        .join(" ");
+        assert!(v.contains("-machine pc,accel=tcg,memory-backend=mem0"));
+        assert!(v.contains("memory-backend-memfd,id=mem0,size=256M,share=on"));
+        assert!(
+            v.contains("socket,id=vhu0,path=/s/vhu.sock -device vhost-user-vsock-pci,chardev=vhu0")
+        );
     }
 }

@@ -6,7 +6,7 @@ pub mod ioctl;
 pub mod serial;
 pub mod spawn;
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd as _, OwnedFd};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
@@ -58,6 +58,19 @@ pub fn signal_group(pgid: i32, sig: i32) -> nix::Result<()> {
         Err(nix::errno::Errno::ESRCH) => Ok(()),
         other => other,
     }
+}
+
+/// A stream socket connected to `port` of vsock context `cid` (2 is the host).
+pub fn vsock_connect(cid: u32, port: u32) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    connect(fd.as_raw_fd(), &VsockAddr::new(cid, port))?;
+    Ok(fd)
 }
 
 /// Makes this process adopt orphans (what PID 1 does anyway).
