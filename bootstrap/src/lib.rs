@@ -35,9 +35,14 @@ pub const DEVICE_MODULES: &[&str] = &[
     "isofs",
 ];
 
-/// Device modules not needed to find the disk or to reach the host: the tether loads them after
-/// the container has started (IDE is loaded early too when the disk does not show up without it).
+/// Device modules not needed to find the disk: the tether loads them beside the container's start,
+/// at idle priority until the primary session has launched (all of them load early too when the
+/// disk does not show up without them). virtio is among them: guestinfo comes over the backdoor
+/// on VMware and over COM4 under QEMU, both without a module, and the output log's virtio port
+/// can open a moment later (the log holds what comes before).
 pub const LATE_MODULES: &[&str] = &[
+    "virtio_pci",
+    "virtio_console",
     "ata_piix",
     "sr_mod",
     "qemu_fw_cfg",
@@ -49,9 +54,11 @@ pub const LATE_MODULES: &[&str] = &[
     "e1000",
 ];
 
-/// Modules loaded at every boot: the container's filesystem. (isofs, in the device list, has no device
-/// alias: it is packed for the container, not loaded.)
-pub const ALWAYS_MODULES: &[&str] = &["ext4"];
+/// Modules loaded at every boot: the container's filesystem, and the SCSI disk driver (the
+/// container's disk sits on pvscsi, on VMware and here): loaded before the host adapter's driver,
+/// it takes the disk as the adapter's scan finds it, without a second round of device matching.
+/// (isofs, in the device list, has no device alias: it is packed for the container, not loaded.)
+pub const ALWAYS_MODULES: &[&str] = &["ext4", "sd_mod"];
 
 /// The kernel version directory of an unpacked kernel package (`lib/modules/<version>`).
 pub fn kernel_version(kernel: &Path) -> anyhow::Result<String> {
@@ -140,7 +147,9 @@ pub fn extract_vmlinux(bz: &[u8]) -> anyhow::Result<Vec<u8>> {
 }
 
 /// The initramfs: `/init` (the tether), the selected modules and their index, and the
-/// directories the bootstrap stage mounts on.
+/// directories the bootstrap stage mounts on. Uncompressed: the kernel unpacks it in 0.13-0.22 s
+/// under TCG against 0.31-0.40 s gzipped (0.19-0.31 s as LZ4); QEMU and isolinux load the
+/// 6.5 MB as fast as 2.3 MB.
 pub fn initramfs(
     tether: Vec<u8>,
     kernel: &Path,
@@ -178,9 +187,9 @@ pub fn initramfs(
         0o644,
         sel.index.render().into_bytes(),
     )?;
-    let mut gz = Vec::new();
-    a.write_gzip(&mut gz)?;
-    Ok((gz, sel))
+    let mut cpio = Vec::new();
+    a.write(&mut cpio)?;
+    Ok((cpio, sel))
 }
 
 /// `bootstrap.iso`: isolinux (BIOS, El Torito, hybrid MBR) booting `vmlinuz` with `initrd` and

@@ -1,5 +1,5 @@
 //! `tether-bootstrap --kernel DIR --tether FILE --out DIR`: makes `vmlinux`, `vmlinuz`,
-//! `initramfs.cpio.gz` and `bootstrap.iso` in the output directory, again only when an input
+//! `initramfs.cpio` and `bootstrap.iso` in the output directory, again only when an input
 //! changed.
 
 use std::path::PathBuf;
@@ -45,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         .collect::<String>()
         + "\n";
     let stamp_path = args.out.join("bootstrap.stamp");
-    let outputs = ["vmlinux", "vmlinuz", "initramfs.cpio.gz", "bootstrap.iso"];
+    let outputs = ["vmlinux", "vmlinuz", "initramfs.cpio", "bootstrap.iso"];
     if std::fs::read_to_string(&stamp_path).is_ok_and(|s| s == stamp)
         && outputs.iter().all(|o| args.out.join(o).exists())
     {
@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(args.out.join("vmlinuz"), &vmlinuz)?;
     println!("bootstrap: packing the initramfs");
     let (initrd, sel) = bootstrap::initramfs(tether, &args.kernel, &version)?;
-    std::fs::write(args.out.join("initramfs.cpio.gz"), &initrd)?;
+    std::fs::write(args.out.join("initramfs.cpio"), &initrd)?;
     let mut report = format!(
         "kernel {version}\ninitramfs {} bytes, {} modules\n",
         initrd.len(),
@@ -84,7 +84,7 @@ fn main() -> anyhow::Result<()> {
     bootstrap::iso(
         &args.out,
         &args.out.join("vmlinuz"),
-        &args.out.join("initramfs.cpio.gz"),
+        &args.out.join("initramfs.cpio"),
         bootstrap::CMDLINE,
         &args.out.join("bootstrap.iso"),
     )?;

@@ -11,8 +11,8 @@
 //! late vmxnet3 qemu_fw_cfg
 //! ```
 //!
-//! `late` modules are not needed to find the container's disk or to serve guestinfo: the
-//! bootstrap stage leaves them to the tether, which loads them beside the container's start.
+//! `late` modules are not needed to find the container's disk: the bootstrap stage leaves them to
+//! the tether, which loads them beside the container's start.
 
 use std::collections::BTreeMap;
 

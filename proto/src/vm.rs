@@ -8,8 +8,10 @@ pub const CMDLINE: &str = "loglevel=3 console=ttyS1,115200n8 console=tty0 quiet 
 /// The label of the container's disk (VIC's `ScratchDiskLabel`).
 pub const CONTAINERFS_LABEL: &str = "containerfs";
 
-/// The virtio-serial port a QEMU host serves guestinfo on.
-pub const GUESTINFO_PORT: &str = "org.tether.guestinfo";
+/// Where a QEMU host serves guestinfo (the framed RPC over a byte stream): COM4. The kernel's
+/// built-in 8250 driver has it at once, as the backdoor is there at once on VMware, so the
+/// tether reads its config before any module is loaded.
+pub const GUESTINFO_SERIAL: &str = "/dev/ttyS3";
 
 /// The virtio-serial port a QEMU host takes `output.log` on. On VMware the output log is COM3;
 /// under QEMU every byte through an emulated UART costs the guest CPU, and the same output

@@ -48,7 +48,7 @@ impl Host {
         }
         for f in [
             "vmlinux",
-            "initramfs.cpio.gz",
+            "initramfs.cpio",
             "bootstrap.iso",
             "images/default.vmdk",
         ] {

@@ -109,12 +109,14 @@ impl Agent {
 
     /// Reads the config (merging) and brings the sessions in line with it.
     async fn reload(&mut self) -> Result<(), String> {
+        let reading = std::time::Instant::now();
         let (cfg, warnings) = self.ctx.gi.decode(std::mem::take(&mut self.cfg)).await?;
         self.cfg = cfg;
         for w in warnings {
             tracing::warn!("config: {w}");
         }
         (self.on_debug_level)(self.cfg.debug_level);
+        tracing::debug!("config read in {:?}", reading.elapsed());
         let first = !self.loaded_once;
         self.loaded_once = true;
         let primary = self.primary_id();
@@ -206,6 +208,7 @@ impl Agent {
             authorized,
             connections: Default::default(),
             debug_shell,
+            root_ready: self.ctx.settings.root_ready.clone(),
             reaper: self.ctx.reaper.clone(),
         };
         let shared = std::sync::Arc::new(shared);

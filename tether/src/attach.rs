@@ -38,6 +38,8 @@ pub struct Shared {
     pub connections: Mutex<Vec<Handle>>,
     /// Serve SSH `session` channels: a shell in the container.
     pub debug_shell: bool,
+    /// The container's root (a debug shell runs the container's `/bin/sh`).
+    pub root_ready: std::sync::Arc<crate::gate::Gate>,
     /// Debug shells are processes: their exits come from the one reaper.
     pub reaper: crate::reaper::Reaper,
 }
@@ -457,6 +459,10 @@ impl Attach {
                 _ => false,
             },
             "shell" | "exec" if shell.pid.is_none() => {
+                if self.shared.root_ready.outcome() != Some(Ok(())) {
+                    tracing::warn!("debug shell: the container's root is not in place");
+                    return false;
+                }
                 let cmd = if name == "exec" {
                     match r.utf8() {
                         Ok(c) => Some(c.to_string()),

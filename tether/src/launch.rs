@@ -26,7 +26,7 @@ pub struct LaunchError {
 }
 
 impl LaunchError {
-    fn new(exit_code: i32, message: impl Into<String>) -> Self {
+    pub fn new(exit_code: i32, message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             exit_code,

@@ -8,6 +8,7 @@ pub mod bootstrap;
 pub mod cli;
 pub mod config_cmd;
 pub mod fanout;
+pub mod gate;
 pub mod gi;
 pub mod input;
 pub mod launch;

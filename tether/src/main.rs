@@ -10,8 +10,9 @@ const EXIT_BAD_INPUT: u8 = 2;
 
 fn main() -> ExitCode {
     if std::process::id() == 1 {
-        // As `/init` of the initramfs it is the bootstrap stage (the kernel may pass words of its
-        // command line as arguments); after switch_root, with no arguments, the container's init.
+        // As `/init` of the initramfs it is the bootstrap stage and then the container's init (the
+        // kernel may pass words of its command line as arguments); with no arguments under
+        // another name, the container's init of a root already in place.
         let argv0 = std::env::args_os().next().unwrap_or_default();
         if std::path::Path::new(&argv0).file_name() == Some("init".as_ref()) {
             tether::bootstrap::main();

@@ -55,12 +55,15 @@ impl OutputLog {
         Self { tx: None }
     }
 
-    /// Writes to `sink` from a new thread. Call inside the runtime (a ticker task is started).
-    pub fn start(mut sink: Box<dyn Write + Send>) -> Self {
+    /// Writes to the device `open` gives, from a new thread that opens it first (meanwhile the
+    /// queue holds what comes, up to its bound). Call inside the runtime (a ticker task is
+    /// started).
+    pub fn start(open: crate::run::LogOpener) -> Self {
         let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
         std::thread::Builder::new()
             .name("output-log".into())
             .spawn(move || {
+                let mut sink = open().unwrap_or_else(|| Box::new(std::io::sink()));
                 let mut pending: HashMap<(Arc<str>, Stream), Pending> = HashMap::new();
                 let mut buf = Vec::with_capacity(32 * 1024);
                 while let Some(msg) = rx.blocking_recv() {

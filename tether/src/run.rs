@@ -13,7 +13,7 @@ use anyhow::{bail, Context as _};
 use tether_proto::guestinfo::stream::StreamGuestInfo;
 use tether_proto::guestinfo::vmx::VmxFile;
 use tether_proto::guestinfo::GuestInfo;
-use tether_proto::vm::GUESTINFO_PORT;
+use tether_proto::vm::GUESTINFO_SERIAL;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
@@ -30,7 +30,7 @@ pub struct RunOptions {
     /// Where the config comes from: a `.vmx`-style FILE, `unix:PATH` or `tcp:HOST:PORT` (framed
     /// RPC, e.g. `vch guestinfo serve`), `serial:DEVICE` (the same over a serial port), or
     /// `virtio:NAME` (a virtio-serial port), `backdoor` (`backdoor!` skips the VMware CPU check)
-    /// or `auto` (the backdoor on VMware, else the virtio port `org.tether.guestinfo`).
+    /// or `auto` (the backdoor on VMware, else COM4, `/dev/ttyS3`, where a QEMU host serves it).
     #[arg(long)]
     pub guestinfo: String,
     /// The attach line: `tcp:HOST:PORT` or `unix:PATH` (the tether connects to the host, as the
@@ -61,11 +61,20 @@ pub fn open_guestinfo(spec: &str) -> anyhow::Result<Box<dyn GuestInfo>> {
         _ if spec == "backdoor" || spec == "backdoor!" => {
             Box::new(Backdoor::open(spec.ends_with('!'))?)
         }
-        // VMware's backdoor when it is there; otherwise the port a QEMU host serves guestinfo on.
+        // VMware's backdoor when it is there; otherwise the UART a QEMU host serves guestinfo on.
         _ if spec == "auto" => match Backdoor::open(false) {
             Ok(b) => Box::new(b),
-            Err(backdoor) => open_guestinfo(&format!("virtio:{GUESTINFO_PORT}"))
-                .with_context(|| format!("no guestinfo: not on VMware ({backdoor})"))?,
+            Err(backdoor) => {
+                let com4 = Path::new(GUESTINFO_SERIAL);
+                let name = com4
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default();
+                if !crate::sys::serial::uart_present(Path::new("/sys"), name) {
+                    bail!("no guestinfo: not on VMware ({backdoor}), and no UART at {GUESTINFO_SERIAL}");
+                }
+                open_guestinfo(&format!("serial:{GUESTINFO_SERIAL}"))?
+            }
         },
         Some(("virtio", name)) => {
             let path = virtio_port(Path::new("/sys"), name)
@@ -125,6 +134,55 @@ fn open_log(path: &Path) -> anyhow::Result<File> {
     result.with_context(|| format!("opening {}", path.display()))
 }
 
+/// Opens the output log's device, on the output log's thread: until it returns, the log holds
+/// what the sessions write. `None`: no output log.
+pub type LogOpener = Box<dyn FnOnce() -> Option<Box<dyn Write + Send>> + Send>;
+
+/// The output log's device in the VM: the virtio port `org.tether.output` where the host has a
+/// virtio-serial controller (its driver is a late module: this waits for the port, at most
+/// [`OUTPUT_PORT_WAIT`]), else COM3 as on VMware.
+fn output_port(sys: &Path) -> PathBuf {
+    const COM3: &str = "/dev/ttyS2";
+    // virtio console: legacy and modern PCI device ids.
+    if !pci_device_present(sys, 0x1af4, &[0x1003, 0x1043]) {
+        return PathBuf::from(COM3);
+    }
+    let deadline = std::time::Instant::now() + OUTPUT_PORT_WAIT;
+    loop {
+        if let Ok(p) = virtio_port(sys, tether_proto::vm::OUTPUT_PORT) {
+            return p;
+        }
+        if std::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "no virtio port {:?} after {OUTPUT_PORT_WAIT:?}; the output log goes to COM3",
+                tether_proto::vm::OUTPUT_PORT
+            );
+            return PathBuf::from(COM3);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// How long the output log waits for its virtio port to appear.
+const OUTPUT_PORT_WAIT: Duration = Duration::from_secs(20);
+
+/// Whether a PCI device of `vendor` with one of `devices` is present.
+pub fn pci_device_present(sys: &Path, vendor: u16, devices: &[u16]) -> bool {
+    let read = |p: PathBuf| {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|t| u16::from_str_radix(t.trim().trim_start_matches("0x"), 16).ok())
+    };
+    std::fs::read_dir(sys.join("bus/pci/devices"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|d| {
+            read(d.path().join("vendor")) == Some(vendor)
+                && read(d.path().join("device")).is_some_and(|id| devices.contains(&id))
+        })
+}
+
 /// Runs the tether in process mode. Returns the process exit status.
 pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
     let gi = open_guestinfo(&opts.guestinfo)?;
@@ -144,14 +202,15 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         attach: opts.attach.clone(),
         ..Settings::default()
     };
+    let output = output.map(|f| -> LogOpener { Box::new(move || Some(Box::new(f))) });
     let ending = serve(gi, output, level, settings)?;
     tracing::info!("tether done: {ending:?}");
     Ok(0)
 }
 
-/// PID 1 of the containerVM: mounts, limits, settings from the kernel command line, the sessions,
-/// then sync and power off. Never returns, whatever fails on the way (each failure is reported on
-/// the debug port first).
+/// PID 1 of the containerVM (`tether init`): mounts, limits, settings from the kernel command
+/// line, the sessions, then sync and power off. Never returns, whatever fails on the way (each
+/// failure is reported on the debug port first).
 pub fn init(cmdline: Option<String>) -> ! {
     let mount_errors = pid1::mount_all(&pid1::System);
     let boot = match cmdline {
@@ -167,6 +226,20 @@ pub fn init(cmdline: Option<String>) -> ! {
     for e in mount_errors.iter().chain(pid1::raise_limits().iter()) {
         tracing::warn!("setup: {e}");
     }
+    pid1_main(&boot, level, Root::Ready)
+}
+
+/// Where PID 1's container root comes from.
+pub enum Root {
+    /// In place already.
+    Ready,
+    /// The bootstrap stage prepares it on a thread of its own and switches to it, while the
+    /// config is read and the host attaches; launches wait for it.
+    Bootstrap(crate::bootstrap::Settings),
+}
+
+/// The sessions as PID 1, then power off.
+pub fn pid1_main(boot: &pid1::BootSettings, level: logging::LevelHandle, root: Root) -> ! {
     tracing::info!(
         ?boot,
         "tether {} starting as PID 1",
@@ -174,29 +247,51 @@ pub fn init(cmdline: Option<String>) -> ! {
     );
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
         || -> anyhow::Result<Ending> {
-            // Before any other thread: the backdoor's I/O permission is inherited only by later threads.
+            // Before any other thread: the backdoor's I/O permission is inherited only by later
+            // threads. (COM4 and the backdoor need no module: this works in the initramfs.)
             let gi = open_guestinfo(&boot.guestinfo)?;
-            // Threads may start now. The drivers the bootstrap stage left (NICs, IDE, fw_cfg,
-            // vsock) load beside the container's start.
-            std::thread::spawn(crate::bootstrap::load_late);
-            let output_path = match boot.output_log.as_str() {
-                "auto" => virtio_port(Path::new("/sys"), tether_proto::vm::OUTPUT_PORT)
-                    .unwrap_or_else(|_| PathBuf::from("/dev/ttyS2")),
-                other => PathBuf::from(other),
-            };
-            tracing::info!("output log on {}", output_path.display());
-            let output = match open_log(&output_path) {
-                Ok(f) => Some(f),
-                Err(e) => {
-                    tracing::error!("output log: {e:#}; session output is not persisted");
-                    None
+            let root_ready = Arc::new(crate::gate::Gate::default());
+            match root {
+                Root::Ready => {
+                    root_ready.open(Ok(()));
+                    // The drivers the bootstrap stage left (virtio, NICs, IDE, fw_cfg, vsock)
+                    // load beside the container's start.
+                    crate::bootstrap::start_late();
                 }
-            };
+                Root::Bootstrap(settings) => {
+                    let gate = root_ready.clone();
+                    std::thread::Builder::new()
+                        .name("bootstrap".into())
+                        .spawn(move || crate::bootstrap::switch_root_then(&settings, &gate))
+                        .context("starting the bootstrap thread")?;
+                }
+            }
+            let output_log = boot.output_log.clone();
+            let ready = root_ready.clone();
+            let output: LogOpener = Box::new(move || {
+                // Device paths resolve in the container's root, with its /dev and /sys.
+                if ready.wait_blocking().is_err() {
+                    return None;
+                }
+                let path = match output_log.as_str() {
+                    "auto" => output_port(Path::new("/sys")),
+                    other => PathBuf::from(other),
+                };
+                tracing::info!("output log on {}", path.display());
+                match open_log(&path) {
+                    Ok(f) => Some(Box::new(f) as Box<dyn Write + Send>),
+                    Err(e) => {
+                        tracing::error!("output log: {e:#}; session output is not persisted");
+                        None
+                    }
+                }
+            });
             let settings = Settings {
                 attach: Some(boot.attach.clone()),
+                root_ready,
                 ..Settings::default()
             };
-            serve(gi, output, level, settings)
+            serve(gi, Some(output), level, settings)
         },
     ));
     match outcome {
@@ -211,7 +306,7 @@ pub fn init(cmdline: Option<String>) -> ! {
 /// thread, signal handling and the agent.
 fn serve(
     gi: Box<dyn GuestInfo>,
-    output: Option<File>,
+    output: Option<LogOpener>,
     level: logging::LevelHandle,
     settings: Settings,
 ) -> anyhow::Result<Ending> {
@@ -223,7 +318,7 @@ fn serve(
         let reaper = Reaper::new();
         reaper.clone().start();
         let log = match output {
-            Some(f) => OutputLog::start(Box::new(f)),
+            Some(open) => OutputLog::start(open),
             None => OutputLog::disabled(),
         };
         let (finished_tx, finished_rx) = mpsc::unbounded_channel();

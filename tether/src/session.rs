@@ -33,6 +33,9 @@ pub struct Settings {
     pub root: PathBuf,
     /// The attach line (`tcp:HOST:PORT`, `unix:PATH`, `serial:DEVICE`), if any.
     pub attach: Option<String>,
+    /// Opens when the container's root is in place: launches wait for it (in the VM the
+    /// bootstrap stage is still finding the disk while the config is read and the host attaches).
+    pub root_ready: std::sync::Arc<crate::gate::Gate>,
 }
 
 impl Default for Settings {
@@ -43,6 +46,7 @@ impl Default for Settings {
             stop_timeout: Duration::from_secs(10),
             root: PathBuf::from("/"),
             attach: None,
+            root_ready: std::sync::Arc::new(crate::gate::Gate::opened()),
         }
     }
 }
@@ -282,8 +286,19 @@ impl Session {
 
     /// One launch and, when it succeeds, the wait for its exit. Returns false for a failed launch.
     async fn launch_once(&self, ctx: &Ctx, cfg: &SessionConfig) -> bool {
-        let launched = launch::prepare(&ctx.settings.root, &cfg.cmd, &cfg.user, &cfg.group)
-            .and_then(|p| self.spawn(ctx, cfg, &p));
+        let launched = match ctx.settings.root_ready.wait().await {
+            // Stopped while the root was being prepared: nothing to launch.
+            Ok(()) if self.stopping() => return false,
+            Ok(()) => launch::prepare(&ctx.settings.root, &cfg.cmd, &cfg.user, &cfg.group)
+                .and_then(|p| self.spawn(ctx, cfg, &p)),
+            Err(why) => Err(LaunchError::new(launch::EXIT_SETUP, why)),
+        };
+        // The container has started: the late modules give way for its first moments only (a
+        // busy container would starve them at idle priority).
+        tokio::spawn(async {
+            tokio::time::sleep(crate::bootstrap::LATE_IDLE_AFTER_LAUNCH).await;
+            crate::bootstrap::hurry_late();
+        });
         let (pid, exit_rx, pumps) = match launched {
             Ok(x) => x,
             Err(e) => {

@@ -23,7 +23,7 @@ pub fn assets_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/containervm"))
 }
 
-use tether_proto::vm::{CMDLINE, GUESTINFO_PORT, OUTPUT_PORT};
+use tether_proto::vm::{CMDLINE, OUTPUT_PORT};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Accel {
@@ -88,7 +88,7 @@ pub fn qemu_args(spec: &VmSpec<'_>) -> Vec<String> {
         // COM1: VMware's network serial port with the VM as client; reconnects if the host drops.
         "-chardev",
         &format!(
-            "socket,id=com1,host=127.0.0.1,port={},server=off,reconnect-ms=200",
+            "socket,id=com1,host=127.0.0.1,port={},server=off,reconnect-ms=200,nodelay=on",
             spec.attach_port
         ),
         "-serial",
@@ -109,19 +109,20 @@ pub fn qemu_args(spec: &VmSpec<'_>) -> Vec<String> {
             "-drive",
             &format!("file={},format=qcow2,if=none,id=disk0", disk.display()),
             "-device",
-            "scsi-hd,drive=disk0,bus=pvscsi0.0",
+            "scsi-hd,drive=disk0,bus=pvscsi0.0,scsi-id=0,lun=0",
         ]);
     }
     if let Some(gi) = spec.guestinfo {
         push(&[
-            "-device",
-            "virtio-serial-pci,id=vser0",
+            // COM4: guestinfo, served by the host on a socket (see GUESTINFO_SERIAL).
             "-chardev",
             &format!("socket,id=gi,path={}", gi.display()),
+            "-serial",
+            "chardev:gi",
+            // The output log through a virtio port (see OUTPUT_PORT); COM3 stays, idle, so
+            // that a tether told `tether.output=/dev/ttyS2` finds it as on VMware.
             "-device",
-            &format!("virtserialport,bus=vser0.0,chardev=gi,name={GUESTINFO_PORT}"),
-            // The output log also through the virtio port (see OUTPUT_PORT); COM3 stays, idle,
-            // so that a tether told `tether.output=/dev/ttyS2` finds it as on VMware.
+            "virtio-serial-pci,id=vser0",
             "-chardev",
             &format!("file,id=out,path={},append=on", spec.output_log.display()),
             "-device",
@@ -148,7 +149,7 @@ pub fn qemu_args(spec: &VmSpec<'_>) -> Vec<String> {
                 "-kernel",
                 &spec.assets.join("vmlinux").display().to_string(),
                 "-initrd",
-                &spec.assets.join("initramfs.cpio.gz").display().to_string(),
+                &spec.assets.join("initramfs.cpio").display().to_string(),
                 "-append",
                 cmdline.trim(),
             ]);
@@ -156,11 +157,13 @@ pub fn qemu_args(spec: &VmSpec<'_>) -> Vec<String> {
         BootMode::Iso => push(&[
             "-drive",
             &format!(
-                "file={},media=cdrom,if=ide,index=1,readonly=on",
+                "file={},media=cdrom,if=none,id=cd0,readonly=on",
                 spec.assets.join("bootstrap.iso").display()
             ),
-            "-boot",
-            "d",
+            "-device",
+            "ahci,id=ahci0",
+            "-device",
+            "ide-cd,bus=ahci0.0,drive=cd0,bootindex=0",
         ]),
     }
     a
@@ -169,7 +172,7 @@ pub fn qemu_args(spec: &VmSpec<'_>) -> Vec<String> {
 /// Checks that the boot media are there, naming the command that makes them.
 pub fn check_assets(assets: &Path, boot: BootMode) -> anyhow::Result<()> {
     let need: &[&str] = match boot {
-        BootMode::Kernel => &["vmlinux", "initramfs.cpio.gz"],
+        BootMode::Kernel => &["vmlinux", "initramfs.cpio"],
         BootMode::Iso => &["bootstrap.iso"],
     };
     for n in need {
@@ -289,14 +292,24 @@ mod tests {
             cmdline_extra: "",
         };
         let a = qemu_args(&spec).join(" ");
-        // COM1, COM2, COM3 in order: attach (TCP client), debug, output.
+        // COM1, COM2, COM3, COM4 in order: attach (TCP client), debug, output, guestinfo.
         let com1 = a.find("port=4242,server=off").unwrap();
         let com2 = a.find("path=/s/tether.debug,append=on").unwrap();
         let com3 = a.find("path=/s/output.log,append=on").unwrap();
         assert!(com1 < com2 && com2 < com3);
+        let serials: Vec<&str> = a
+            .split(" -serial ")
+            .skip(1)
+            .map(|r| r.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(
+            serials,
+            ["chardev:com1", "chardev:com2", "chardev:com3", "chardev:gi"]
+        );
+        assert!(a.contains("socket,id=gi,path=/s/gi.sock"));
         assert!(a.contains("-device pvscsi,id=pvscsi0"));
-        assert!(a.contains("scsi-hd,drive=disk0,bus=pvscsi0.0"));
-        assert!(a.contains("name=org.tether.guestinfo"));
+        assert!(a.contains("scsi-hd,drive=disk0,bus=pvscsi0.0,scsi-id=0,lun=0"));
+        assert!(a.contains("name=org.tether.output"));
         assert!(a.contains("file=/a/bootstrap.iso,media=cdrom"));
         assert!(!a.contains("-kernel"));
         let k = qemu_args(&VmSpec {

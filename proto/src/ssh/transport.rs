@@ -129,6 +129,11 @@ async fn read_packet<S: AsyncRead>(
     let range = dir.open(seq, &mut buf)?;
     buf.truncate(range.end);
     buf.drain(..range.start);
+    tracing::trace!(
+        kind = buf.first().copied().unwrap_or(0),
+        len = buf.len(),
+        "ssh: received"
+    );
     Ok(buf)
 }
 
@@ -146,6 +151,11 @@ pub async fn writer<S: AsyncWrite + Send + 'static>(
         while let Some(out) = next.take() {
             match out {
                 Out::Packet(p) => {
+                    tracing::trace!(
+                        kind = p.first().copied().unwrap_or(0),
+                        len = p.len(),
+                        "ssh: sending"
+                    );
                     batch.extend_from_slice(&dir.seal(seq, &p));
                     seq = seq.wrapping_add(1);
                 }

@@ -1,8 +1,10 @@
 //! System calls the tether makes, behind small safe functions. The only `unsafe` is in
-//! [`spawn`] (fork/exec), [`ioctl`] (terminal window size) and [`asyncfd`] (runtime registration).
+//! [`spawn`] (fork/exec), [`ioctl`] (terminal window size), [`asyncfd`] (runtime registration)
+//! and [`sched`] (a thread's scheduling policy).
 
 pub mod asyncfd;
 pub mod ioctl;
+pub mod sched;
 pub mod serial;
 pub mod spawn;
 

@@ -28,3 +28,10 @@ pub fn open_raw(path: &Path, write_only: bool) -> std::io::Result<File> {
     }
     Ok(file)
 }
+
+/// Whether the UART behind `/dev/NAME` is there: the 8250 driver registers four ports whether or
+/// not the machine has them, and tells a missing one by its type 0 (`PORT_UNKNOWN`).
+pub fn uart_present(sys: &Path, name: &str) -> bool {
+    std::fs::read_to_string(sys.join("class/tty").join(name).join("type"))
+        .is_ok_and(|t| !matches!(t.trim(), "" | "0"))
+}
