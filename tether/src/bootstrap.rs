@@ -204,11 +204,12 @@ impl<L: ModuleLoader> Modules<L> {
         wanted.into_iter().filter(|m| self.load(m)).collect()
     }
 
-    /// Loads the first module [`Self::load_matching`] would; returns its name.
+    /// Loads the first module [`Self::load_matching`] would load (skipping those the kernel has
+    /// already); returns its name.
     pub fn load_next(&mut self, aliases: &BTreeSet<String>, late: bool) -> Option<String> {
-        let next = self.wanted(aliases, late).into_iter().next()?;
-        self.load(&next);
-        Some(next)
+        self.wanted(aliases, late)
+            .into_iter()
+            .find(|m| self.load(m))
     }
 }
 
@@ -252,6 +253,9 @@ pub fn scan_scsi_fully(sys: &Path) {
         }
     }
 }
+
+/// The tether's copy in the container (VIC's place for it).
+pub const TETHER_COPY: &str = "/.tether/tether";
 
 /// Where the tether finds the modules after switch_root (the bootstrap stage binds them there).
 pub const TETHER_MODULE_DIR: &str = "/.tether/lib/modules";
@@ -399,15 +403,22 @@ pub fn switch_root_then(settings: &Settings, ready: &crate::gate::Gate) {
     };
     match &outcome {
         Ok(()) => {
+            tracing::debug!("bootstrap: in the container's root");
             let mounts = crate::pid1::mount_all(&crate::pid1::System);
             for e in mounts.iter().chain(crate::pid1::raise_limits().iter()) {
                 tracing::warn!("setup: {e}");
             }
+            tracing::debug!("bootstrap: mounts done");
         }
         Err(why) => tracing::error!("bootstrap: {why}"),
     }
     ready.open(outcome.clone());
     if outcome.is_ok() {
+        // Where VIC's containers find the tether; after the launch, which does not need it.
+        // The running binary stays readable through /proc after the initramfs is gone.
+        if let Err(e) = std::fs::copy("/proc/self/exe", TETHER_COPY) {
+            tracing::warn!("bootstrap: copying the tether to {TETHER_COPY}: {e}");
+        }
         start_late();
     }
 }
@@ -504,7 +515,16 @@ fn boot(settings: &Settings) -> Result<(), String> {
 fn enter(disk: &Path) -> Result<(), String> {
     let root = Path::new(NEW_ROOT);
     std::fs::create_dir_all(root).map_err(|e| format!("mkdir {NEW_ROOT}: {e}"))?;
-    mount(Some(disk), root, Some("ext4"), MsFlags::empty(), None::<&str>).map_err(|e| {
+    // noinit_itable: no background zeroing of inode tables an image left uninitialized (the
+    // group descriptors say which are; e2fsck is all it is for, and it costs the CPU now).
+    mount(
+        Some(disk),
+        root,
+        Some("ext4"),
+        MsFlags::empty(),
+        Some("noinit_itable"),
+    )
+    .map_err(|e| {
         format!(
             "mounting {} (ext4) on {NEW_ROOT}: {e}; the disk is labelled {CONTAINERFS_LABEL:?} but does not mount",
             disk.display()
@@ -514,6 +534,7 @@ fn enter(disk: &Path) -> Result<(), String> {
         std::fs::create_dir_all(root.join(d))
             .map_err(|e| format!("mkdir /{d} in the container: {e}"))?;
     }
+    tracing::debug!("bootstrap: {} mounted", disk.display());
     let tether_dir = root.join(".tether");
     mount(
         Some("tmpfs"),
@@ -523,9 +544,6 @@ fn enter(disk: &Path) -> Result<(), String> {
         Some("size=64m,mode=755"),
     )
     .map_err(|e| format!("tmpfs on /.tether: {e}"))?;
-    let me = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/init"));
-    std::fs::copy(&me, tether_dir.join("tether"))
-        .map_err(|e| format!("copying {} to /.tether/tether: {e}", me.display()))?;
     // The modules stay reachable for the tether (it loads the late ones) and the container.
     let modules_dir = root.join(TETHER_MODULE_DIR.trim_start_matches('/'));
     if std::fs::create_dir_all(&modules_dir).is_ok() {
@@ -550,6 +568,7 @@ fn enter(disk: &Path) -> Result<(), String> {
         )
         .map_err(|e| format!("moving /{d} into the container: {e}"))?;
     }
+    tracing::debug!("bootstrap: /.tether ready");
     // The initramfs is of no more use: free its memory before leaving it.
     remove_initramfs();
     std::env::set_current_dir(root).map_err(|e| format!("chdir {NEW_ROOT}: {e}"))?;
@@ -723,6 +742,59 @@ mod tests {
                 "ata_piix.ko"
             ],
             "shared dependencies load once, before their users; late ones last; pvscsi is not present"
+        );
+    }
+
+    #[test]
+    fn one_at_a_time_the_others_first_then_the_late_ones_in_order_with_parameters() {
+        let t = tempfile::tempdir().unwrap();
+        let sys = t.path();
+        for (bus, dev, alias) in [
+            (
+                "pci",
+                "0000:00:04.0",
+                "pci:v00001AF4d00001003sv0sd0bc07sc80i00",
+            ),
+            (
+                "pci",
+                "0000:00:05.0",
+                "pci:v00008086d00007010sv0sd0bc01sc01i80",
+            ),
+            ("virtio", "virtio0", "virtio:d00000002v00001AF4"),
+        ] {
+            let d = sys.join("bus").join(bus).join("devices").join(dev);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("modalias"), format!("{alias}\n")).unwrap();
+        }
+        let index = ModuleIndex::parse(
+            "module virtio_pci v/virtio_ring.ko v/virtio.ko v/virtio_pci.ko\n\
+             module virtio_blk v/virtio_ring.ko v/virtio.ko v/virtio_blk.ko\n\
+             module ata_piix a/ata_piix.ko\n\
+             alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n\
+             alias pci:v00008086d00007010sv*sd*bc*sc*i* ata_piix\n\
+             alias virtio:d00000002v* virtio_blk\n\
+             late virtio_pci ata_piix\n",
+        )
+        .unwrap();
+        let mut rec = Recorder(Vec::new(), vec!["ata_piix"]);
+        let mut m = Modules::new(index, PathBuf::from("/m"), &mut rec);
+        m.set_params("virtio_pci", "force_legacy=1");
+        let aliases = modaliases(sys);
+        assert_eq!(m.load_next(&aliases, true).as_deref(), Some("virtio_blk"));
+        assert_eq!(m.load_next(&aliases, true).as_deref(), Some("virtio_pci"));
+        assert_eq!(
+            m.load_next(&aliases, true),
+            None,
+            "ata_piix is in the kernel already"
+        );
+        assert_eq!(
+            rec.0,
+            [
+                "virtio_ring.ko",
+                "virtio.ko",
+                "virtio_blk.ko",
+                "virtio_pci.ko force_legacy=1"
+            ]
         );
     }
 

@@ -373,3 +373,33 @@ pub fn watch_signals(events: mpsc::UnboundedSender<Event>) -> anyhow::Result<()>
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_output_log_goes_to_com3_without_a_virtio_console() {
+        let t = tempfile::tempdir().unwrap();
+        let sys = t.path();
+        let dev = |name: &str, vendor: &str, device: &str| {
+            let d = sys.join("bus/pci/devices").join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("vendor"), format!("{vendor}\n")).unwrap();
+            std::fs::write(d.join("device"), format!("{device}\n")).unwrap();
+        };
+        dev("0000:00:02.0", "0x15ad", "0x07c0");
+        assert!(!pci_device_present(sys, 0x1af4, &[0x1003, 0x1043]));
+        assert_eq!(output_port(sys), Path::new("/dev/ttyS2"));
+        dev("0000:00:03.0", "0x1af4", "0x1003");
+        assert!(pci_device_present(sys, 0x1af4, &[0x1003, 0x1043]));
+        let port = sys.join("class/virtio-ports/vport0p1");
+        std::fs::create_dir_all(&port).unwrap();
+        std::fs::write(
+            port.join("name"),
+            format!("{}\n", tether_proto::vm::OUTPUT_PORT),
+        )
+        .unwrap();
+        assert_eq!(output_port(sys), Path::new("/dev/vport0p1"));
+    }
+}

@@ -290,7 +290,10 @@ impl Session {
             // Stopped while the root was being prepared: nothing to launch.
             Ok(()) if self.stopping() => return false,
             Ok(()) => launch::prepare(&ctx.settings.root, &cfg.cmd, &cfg.user, &cfg.group)
-                .and_then(|p| self.spawn(ctx, cfg, &p)),
+                .and_then(|p| {
+                    tracing::debug!(session = %self.id, "prepared");
+                    self.spawn(ctx, cfg, &p)
+                }),
             Err(why) => Err(LaunchError::new(launch::EXIT_SETUP, why)),
         };
         // The container has started: the late modules give way for its first moments only (a

@@ -35,3 +35,21 @@ pub fn uart_present(sys: &Path, name: &str) -> bool {
     std::fs::read_to_string(sys.join("class/tty").join(name).join("type"))
         .is_ok_and(|t| !matches!(t.trim(), "" | "0"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_uart_is_present_by_its_type() {
+        let t = tempfile::tempdir().unwrap();
+        for (name, kind) in [("ttyS0", "4\n"), ("ttyS3", "0\n")] {
+            let d = t.path().join("class/tty").join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("type"), kind).unwrap();
+        }
+        assert!(uart_present(t.path(), "ttyS0"));
+        assert!(!uart_present(t.path(), "ttyS3"), "type 0: no UART there");
+        assert!(!uart_present(t.path(), "ttyS9"));
+    }
+}
