@@ -209,6 +209,7 @@ impl Agent {
             connections: Default::default(),
             debug_shell,
             root_ready: self.ctx.settings.root_ready.clone(),
+            written: Default::default(),
             reaper: self.ctx.reaper.clone(),
         };
         let shared = std::sync::Arc::new(shared);
@@ -244,15 +245,26 @@ impl Agent {
         // Attached clients get all their output and the end of their sessions (exit status, EOF,
         // CLOSE, which they acknowledge after the rest) before we go, however slow the line,
         // as long as they keep taking it; one that takes nothing for CLIENT_STALL is left.
+        // Progress: the queues shrink, or bytes still go out on the line (a chunk taken from a
+        // queue may wait seconds for the SSH window on a slow line: 2 MiB was once cut short
+        // that way).
+        let written = || {
+            self.attach
+                .as_ref()
+                .map_or(0, |a| a.written.load(std::sync::atomic::Ordering::Relaxed))
+        };
         let mut backlog = usize::MAX;
+        let mut sent = written();
         let mut progress = tokio::time::Instant::now();
         loop {
             let now: usize = self.sessions.values().map(|s| s.fanout.backlog()).sum();
             if self.sessions.values().all(|s| s.fanout.is_empty()) {
                 break;
             }
-            if now < backlog {
-                backlog = now;
+            let now_sent = written();
+            if now < backlog || now_sent > sent {
+                backlog = backlog.min(now);
+                sent = now_sent;
                 progress = tokio::time::Instant::now();
             } else if progress.elapsed() > CLIENT_STALL {
                 tracing::warn!("attached clients took nothing for {CLIENT_STALL:?}; leaving them");

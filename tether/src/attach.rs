@@ -38,6 +38,10 @@ pub struct Shared {
     pub connections: Mutex<Vec<Handle>>,
     /// Serve SSH `session` channels: a shell in the container.
     pub debug_shell: bool,
+    /// Bytes written to the attach line so far: the clients' progress, which the fanout's
+    /// queues alone do not show (a chunk taken from them may spend seconds in the SSH
+    /// connection's window on a slow line).
+    pub written: std::sync::atomic::AtomicU64,
     /// The container's root (a debug shell runs the container's `/bin/sh`).
     pub root_ready: std::sync::Arc<crate::gate::Gate>,
     /// Debug shells are processes: their exits come from the one reaper.
@@ -98,6 +102,52 @@ fn byte_stream(fd: std::os::fd::OwnedFd) -> std::io::Result<Box<dyn Line>> {
 
 trait Line: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Line for T {}
+
+/// A line that counts what is written to it into [`Shared::written`].
+struct Counted {
+    line: Box<dyn Line>,
+    shared: Arc<Shared>,
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.line).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.line).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            self.shared
+                .written
+                .fetch_add(*n as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.line).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.line).poll_shutdown(cx)
+    }
+}
 
 /// Opens the attach line: `tcp:HOST:PORT`, `unix:PATH` and `vsock:CID:PORT` connect to the host,
 /// `serial:DEVICE` opens a serial port raw.
@@ -166,6 +216,10 @@ pub async fn run(spec: String, shared: Arc<Shared>) {
         }
         tracing::info!("attach: the host connected");
         let handler = Attach::new(shared.clone());
+        let line = Counted {
+            line,
+            shared: shared.clone(),
+        };
         match ssh::serve(line, shared.server.clone(), handler).await {
             Ok(()) => tracing::info!("attach: the host disconnected"),
             Err(e) => tracing::info!("attach: connection ended: {e}"),

@@ -676,11 +676,20 @@ mod tests {
         }
     }
 
+    /// A sysfs with devices of (bus, name, modalias).
+    fn fake_devices(devices: &[(&str, &str, &str)]) -> tempfile::TempDir {
+        let t = tempfile::tempdir().unwrap();
+        for (bus, dev, alias) in devices {
+            let d = t.path().join("bus").join(bus).join("devices").join(dev);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("modalias"), format!("{alias}\n")).unwrap();
+        }
+        t
+    }
+
     #[test]
     fn loads_what_the_devices_present_need_once_each() {
-        let t = tempfile::tempdir().unwrap();
-        let sys = t.path();
-        for (bus, dev, alias) in [
+        let t = fake_devices(&[
             (
                 "pci",
                 "0000:00:04.0",
@@ -692,11 +701,8 @@ mod tests {
                 "pci:v00008086d00007010sv00000000sd00000000bc01sc01i80",
             ),
             ("virtio", "virtio0", "virtio:d00000002v00001AF4"),
-        ] {
-            let d = sys.join("bus").join(bus).join("devices").join(dev);
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join("modalias"), format!("{alias}\n")).unwrap();
-        }
+        ]);
+        let sys = t.path();
         let index = ModuleIndex::parse(
             "module virtio_pci v/virtio_ring.ko v/virtio.ko v/virtio_pci.ko\n\
              module virtio_blk v/virtio_ring.ko v/virtio.ko v/virtio_blk.ko\n\
@@ -747,9 +753,7 @@ mod tests {
 
     #[test]
     fn one_at_a_time_the_others_first_then_the_late_ones_in_order_with_parameters() {
-        let t = tempfile::tempdir().unwrap();
-        let sys = t.path();
-        for (bus, dev, alias) in [
+        let t = fake_devices(&[
             (
                 "pci",
                 "0000:00:04.0",
@@ -761,11 +765,8 @@ mod tests {
                 "pci:v00008086d00007010sv0sd0bc01sc01i80",
             ),
             ("virtio", "virtio0", "virtio:d00000002v00001AF4"),
-        ] {
-            let d = sys.join("bus").join(bus).join("devices").join(dev);
-            std::fs::create_dir_all(&d).unwrap();
-            std::fs::write(d.join("modalias"), format!("{alias}\n")).unwrap();
-        }
+        ]);
+        let sys = t.path();
         let index = ModuleIndex::parse(
             "module virtio_pci v/virtio_ring.ko v/virtio.ko v/virtio_pci.ko\n\
              module virtio_blk v/virtio_ring.ko v/virtio.ko v/virtio_blk.ko\n\

@@ -194,8 +194,8 @@ pub fn raise_limits() -> Vec<String> {
 /// Settings from the kernel command line (`tether.KEY=VALUE`), with the VM's defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BootSettings {
-    /// `tether.guestinfo=`: by default `auto`: the backdoor on VMware, else the virtio port
-    /// `org.tether.guestinfo` a QEMU host serves it on.
+    /// `tether.guestinfo=`: by default `auto`: the backdoor on VMware, else COM4 (`/dev/ttyS3`),
+    /// where a QEMU host serves it.
     pub guestinfo: String,
     /// `tether.attach=`
     pub attach: String,
