@@ -310,22 +310,25 @@ fn late_thread() -> std::sync::MutexGuard<'static, LateThread> {
 pub fn start_late() {
     let spawned = std::thread::Builder::new()
         .name("late-modules".into())
-        .spawn(|| {
-            {
-                let mut t = late_thread();
-                t.tid = crate::sys::sched::gettid();
-                if !t.hurried {
-                    if let Err(e) = crate::sys::sched::set_idle(t.tid, true) {
-                        tracing::debug!("late modules at idle priority: {e}");
-                    }
-                }
-            }
-            load_late();
-            late_thread().tid = 0;
-        });
+        .spawn(load_late_here);
     if let Err(e) = spawned {
         tracing::warn!("late modules: {e}");
     }
+}
+
+/// [`load_late`] on the calling thread, at idle priority until [`hurry_late`].
+fn load_late_here() {
+    {
+        let mut t = late_thread();
+        t.tid = crate::sys::sched::gettid();
+        if !t.hurried {
+            if let Err(e) = crate::sys::sched::set_idle(t.tid, true) {
+                tracing::debug!("late modules at idle priority: {e}");
+            }
+        }
+    }
+    load_late();
+    late_thread().tid = 0;
 }
 
 /// How long after a launch the late modules still load at idle priority.
@@ -394,8 +397,9 @@ pub fn main() -> ! {
 
 /// On the bootstrap thread: finds and mounts the container's disk, switches the root of the whole
 /// process to it, mounts what PID 1 mounts there, then opens `ready` (launches wait for it) and
-/// starts the late modules. When there is no root, `ready` opens with why: the sessions fail
-/// with that (exit status 125, in guestinfo and to attached clients) and the VM powers off.
+/// loads the late modules on this thread. When there is no root, `ready` opens with why: the
+/// sessions fail with that (exit status 125, in guestinfo and to attached clients) and the VM
+/// powers off.
 pub fn switch_root_then(settings: &Settings, ready: &crate::gate::Gate) {
     let outcome = match std::panic::catch_unwind(|| boot(settings)) {
         Ok(r) => r,
@@ -419,7 +423,8 @@ pub fn switch_root_then(settings: &Settings, ready: &crate::gate::Gate) {
         if let Err(e) = std::fs::copy("/proc/self/exe", TETHER_COPY) {
             tracing::warn!("bootstrap: copying the tether to {TETHER_COPY}: {e}");
         }
-        start_late();
+        // This thread's work is done: it loads the late modules itself.
+        load_late_here();
     }
 }
 
@@ -467,13 +472,15 @@ fn boot(settings: &Settings) -> Result<(), String> {
             last_new = Instant::now();
             continue; // new drivers may bring new devices at once
         }
-        if manual_scsi_scan(sys) {
-            for h in scsi_hosts(sys) {
-                if scanned.insert(h.clone()) {
-                    scan_scsi(&h, if late { "- - -" } else { SCSI_DISK_ADDRESS });
-                    last_new = Instant::now();
-                }
+        let new_hosts: Vec<PathBuf> = scsi_hosts(sys)
+            .into_iter()
+            .filter(|h| scanned.insert(h.clone()))
+            .collect();
+        if !new_hosts.is_empty() && manual_scsi_scan(sys) {
+            for h in &new_hosts {
+                scan_scsi(h, if late { "- - -" } else { SCSI_DISK_ADDRESS });
             }
+            last_new = Instant::now();
         }
         if let Some(d) = find_labelled(sys, Path::new("/dev"), CONTAINERFS_LABEL) {
             break d;
