@@ -98,6 +98,20 @@ impl ModuleIndex {
         out
     }
 
+    /// The buses whose devices' `modalias` can select a packed module (the late ones too with
+    /// `late`): the word before the first `:` of each alias (`pci` of `pci:v000015AD...`,
+    /// `acpi` of `acpi*:QEMU0002:*`); aliases without one (`fs-iso9660`, `net-pf-40`) name no
+    /// device.
+    pub fn buses(&self, late: bool) -> std::collections::BTreeSet<String> {
+        self.aliases
+            .iter()
+            .filter(|(_, m)| late || !self.late.contains(m))
+            .filter_map(|(p, _)| p.split_once(':'))
+            .map(|(bus, _)| bus.trim_end_matches('*').to_string())
+            .filter(|bus| !bus.is_empty() && !bus.contains(['*', '?', '[']))
+            .collect()
+    }
+
     /// The packed modules whose aliases match a device's `modalias`.
     pub fn matching<'a>(&'a self, modalias: &'a str) -> impl Iterator<Item = &'a str> + 'a {
         self.aliases
@@ -191,6 +205,21 @@ fn class(pattern: &[u8], c: u8) -> Option<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn buses_are_the_words_before_the_aliases_colons() {
+        let index = ModuleIndex::parse(
+            "module a a.ko\nmodule b b.ko\n\
+             alias pci:v000015ADd000007C0sv*sd*bc*sc*i* a\n\
+             alias acpi*:QEMU0002:* b\nalias virtio:d00000008v* a\n\
+             alias fs-iso9660 b\nalias *:weird b\nalias net-pf-40 a\nlate b\n",
+        )
+        .unwrap();
+        let buses: Vec<String> = index.buses(true).into_iter().collect();
+        assert_eq!(buses, ["acpi", "pci", "virtio"]);
+        let early: Vec<String> = index.buses(false).into_iter().collect();
+        assert_eq!(early, ["pci", "virtio"], "acpi only names a late module");
+    }
 
     #[test]
     fn globs_as_kmod_uses_them() {

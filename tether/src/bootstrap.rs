@@ -25,6 +25,10 @@ const NEW_ROOT: &str = "/mnt/containerfs";
 /// How long after the last driver loaded the bootstrap stage waits for the disk before it loads
 /// the late modules too (a disk on virtio or IDE needs them; pvscsi's shows well within this).
 const LATE_FALLBACK: Duration = Duration::from_millis(500);
+/// Without device events for this long, the bootstrap stage looks at sysfs whole all the same.
+const QUIET_LOOK: Duration = Duration::from_millis(100);
+/// The pace of looking at sysfs where there are no device events to wait on.
+const POLL: Duration = Duration::from_millis(10);
 
 /// The ext4 (or ext2/3) label of a filesystem whose first 2 KiB are `head`; `None` when the
 /// superblock magic is not there.
@@ -47,36 +51,42 @@ pub fn block_devices(sys: &Path) -> Vec<String> {
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| {
-            !["loop", "ram", "sr", "zram"]
-                .iter()
-                .any(|p| n.starts_with(p))
-        })
+        .filter(|n| is_disk_name(n))
         .collect();
     names.sort();
     names
 }
 
-/// Finds the block device whose filesystem carries `label`; `dev` is `/dev`.
-pub fn find_labelled(sys: &Path, dev: &Path, label: &str) -> Option<PathBuf> {
-    block_devices(sys).into_iter().find_map(|name| {
-        let path = dev.join(&name);
-        let mut head = vec![0u8; 2048];
-        let mut f = File::open(&path).ok()?;
-        f.read_exact(&mut head).ok()?;
-        (ext_label(&head)? == label).then_some(path)
-    })
+/// Whether block device `name` may hold the container's filesystem: not a loop device, RAM disk
+/// or CD-ROM.
+fn is_disk_name(name: &str) -> bool {
+    !["loop", "ram", "sr", "zram"]
+        .iter()
+        .any(|p| name.starts_with(p))
 }
 
-/// Every device's `modalias` under `sys` (`/sys`).
-pub fn modaliases(sys: &Path) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for bus in std::fs::read_dir(sys.join("bus"))
+/// `dev/name` when the filesystem on it carries `label`; `dev` is `/dev`.
+fn labelled(dev: &Path, name: &str, label: &str) -> Option<PathBuf> {
+    let path = dev.join(name);
+    let mut head = vec![0u8; 2048];
+    let mut f = File::open(&path).ok()?;
+    f.read_exact(&mut head).ok()?;
+    (ext_label(&head)? == label).then_some(path)
+}
+
+/// Finds the block device whose filesystem carries `label`; `dev` is `/dev`.
+pub fn find_labelled(sys: &Path, dev: &Path, label: &str) -> Option<PathBuf> {
+    block_devices(sys)
         .into_iter()
-        .flatten()
-        .flatten()
-    {
-        for dev in std::fs::read_dir(bus.path().join("devices"))
+        .find_map(|name| labelled(dev, &name, label))
+}
+
+/// The `modalias` of every device on `buses` under `sys` (`/sys`): only those the packed
+/// modules' aliases name, since a walk of every bus costs tens of milliseconds under emulation.
+pub fn modaliases(sys: &Path, buses: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for bus in buses {
+        for dev in std::fs::read_dir(sys.join("bus").join(bus).join("devices"))
             .into_iter()
             .flatten()
             .flatten()
@@ -239,8 +249,10 @@ fn manual_scsi_scan(sys: &Path) -> bool {
 }
 
 fn scan_scsi(scan: &Path, what: &str) {
-    if let Err(e) = std::fs::write(scan, what) {
-        tracing::warn!("scanning SCSI {what:?} at {}: {e}", scan.display());
+    let t = Instant::now();
+    match std::fs::write(scan, what) {
+        Ok(()) => tracing::debug!("SCSI scan {what:?} in {:?}", t.elapsed()),
+        Err(e) => tracing::warn!("scanning SCSI {what:?} at {}: {e}", scan.display()),
     }
 }
 
@@ -270,11 +282,12 @@ pub fn load_late() {
     };
     match ModuleIndex::parse(&text) {
         Ok(index) => {
+            let buses = index.buses(true);
             let mut m = Modules::new(index, dir.to_path_buf(), Finit);
             // One at a time, looking again after each: the virtio devices that virtio_pci
             // brings (the output log's port) get their driver before the slower late ones.
             let mut loaded = Vec::new();
-            while let Some(name) = m.load_next(&modaliases(Path::new("/sys")), true) {
+            while let Some(name) = m.load_next(&modaliases(Path::new("/sys"), &buses), true) {
                 loaded.push(name);
             }
             if !loaded.is_empty() {
@@ -310,14 +323,14 @@ fn late_thread() -> std::sync::MutexGuard<'static, LateThread> {
 pub fn start_late() {
     let spawned = std::thread::Builder::new()
         .name("late-modules".into())
-        .spawn(load_late_here);
+        .spawn(|| load_late_here(|| {}));
     if let Err(e) = spawned {
         tracing::warn!("late modules: {e}");
     }
 }
 
-/// [`load_late`] on the calling thread, at idle priority until [`hurry_late`].
-fn load_late_here() {
+/// [`load_late`], then `then`, on the calling thread, at idle priority until [`hurry_late`].
+fn load_late_here(then: impl FnOnce()) {
     {
         let mut t = late_thread();
         t.tid = crate::sys::sched::gettid();
@@ -328,6 +341,7 @@ fn load_late_here() {
         }
     }
     load_late();
+    then();
     late_thread().tid = 0;
 }
 
@@ -418,13 +432,15 @@ pub fn switch_root_then(settings: &Settings, ready: &crate::gate::Gate) {
     }
     ready.open(outcome.clone());
     if outcome.is_ok() {
-        // Where VIC's containers find the tether; after the launch, which does not need it.
-        // The running binary stays readable through /proc after the initramfs is gone.
-        if let Err(e) = std::fs::copy("/proc/self/exe", TETHER_COPY) {
-            tracing::warn!("bootstrap: copying the tether to {TETHER_COPY}: {e}");
-        }
-        // This thread's work is done: it loads the late modules itself.
-        load_late_here();
+        // This thread's work is done: it loads the late modules itself, and copies the tether
+        // where VIC's containers find it, both at idle priority until the container has started
+        // (neither is needed for the start). The running binary stays readable through /proc
+        // after the initramfs is gone.
+        load_late_here(|| {
+            if let Err(e) = std::fs::copy("/proc/self/exe", TETHER_COPY) {
+                tracing::warn!("bootstrap: copying the tether to {TETHER_COPY}: {e}");
+            }
+        });
     }
 }
 
@@ -455,22 +471,38 @@ fn boot(settings: &Settings) -> Result<(), String> {
             ModuleIndex::default()
         }
     };
+    // The late modules' buses too once they are wanted.
+    let (early_buses, all_buses) = (index.buses(false), index.buses(true));
+    let mut buses = &early_buses;
     let mut modules = Modules::new(index, PathBuf::from(MODULE_DIR), Finit);
     modules.set_params(SCSI_MANUAL_SCAN.0, SCSI_MANUAL_SCAN.1);
+    // Listening before the first look at sysfs: whatever shows up after it is an event.
+    let events = match crate::sys::uevent::Uevents::open() {
+        Ok(u) => Some(u),
+        Err(e) => {
+            tracing::warn!("bootstrap: no uevents ({e}); polling sysfs instead");
+            None
+        }
+    };
     modules.load_always();
     let sys = Path::new("/sys");
+    let dev = Path::new("/dev");
     let mut scanned = BTreeSet::new();
     let deadline = started + settings.root_wait;
     // The late modules (virtio, NICs, IDE, fw_cfg, vsock) wait for the tether, unless the disk
     // does not show up without them.
     let mut late = false;
     let mut last_new = Instant::now();
+    // Every round but those woken by events looks at sysfs whole; an event round looks at what
+    // the events name.
+    let mut aliases = modaliases(sys, buses);
+    let mut look_all = true;
+    let mut new_disks: Vec<String> = Vec::new();
     let disk = loop {
-        let new = modules.load_matching(&modaliases(sys), late);
+        let new = modules.load_matching(&aliases, late);
         if !new.is_empty() {
             say(&format!("loaded {}", new.join(" ")));
             last_new = Instant::now();
-            continue; // new drivers may bring new devices at once
         }
         let new_hosts: Vec<PathBuf> = scsi_hosts(sys)
             .into_iter()
@@ -482,16 +514,28 @@ fn boot(settings: &Settings) -> Result<(), String> {
             }
             last_new = Instant::now();
         }
-        if let Some(d) = find_labelled(sys, Path::new("/dev"), CONTAINERFS_LABEL) {
+        let found = if look_all {
+            find_labelled(sys, dev, CONTAINERFS_LABEL)
+        } else {
+            new_disks
+                .iter()
+                .filter(|n| is_disk_name(n))
+                .find_map(|n| labelled(dev, n, CONTAINERFS_LABEL))
+        };
+        if let Some(d) = found {
             break d;
         }
         if !late && last_new.elapsed() > LATE_FALLBACK {
             say("no disk yet: loading the remaining drivers, scanning every SCSI target");
             late = true;
+            buses = &all_buses;
             scan_scsi_fully(sys);
+            aliases = modaliases(sys, buses);
+            look_all = true;
             continue;
         }
-        if Instant::now() >= deadline {
+        let now = Instant::now();
+        if now >= deadline {
             let seen = block_devices(sys);
             return Err(format!(
                 "no disk labelled {CONTAINERFS_LABEL:?} after {:?} (block devices: {}; module failures: {})",
@@ -500,13 +544,39 @@ fn boot(settings: &Settings) -> Result<(), String> {
                 if modules.failures.is_empty() { "none".into() } else { modules.failures.join("; ") },
             ));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        // Until the next thing to do: the fallback, the deadline, or a quiet spell after which
+        // sysfs is looked at whole anyway.
+        let mut wait = (deadline - now).min(QUIET_LOOK);
+        if !late {
+            wait = wait.min((last_new + LATE_FALLBACK).saturating_duration_since(now));
+        }
+        new_disks.clear();
+        look_all = true;
+        match events.as_ref().map(|u| u.wait(wait)) {
+            Some(Ok(batch)) if !batch.lost && !batch.events.is_empty() => {
+                look_all = false;
+                tracing::trace!("bootstrap: {} device events", batch.events.len());
+                for ev in batch.events {
+                    if let Some(m) = ev.modalias {
+                        aliases.insert(m);
+                    }
+                    if ev.subsystem == "block" && ev.action == "add" {
+                        new_disks.extend(ev.devname);
+                    }
+                }
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                tracing::warn!("bootstrap: uevents: {e}");
+                std::thread::sleep(POLL);
+            }
+            None => std::thread::sleep(POLL),
+        }
+        if look_all {
+            aliases = modaliases(sys, buses);
+        }
     };
-    // Devices that showed up meanwhile get their drivers too.
-    let more = modules.load_matching(&modaliases(sys), late);
-    if !more.is_empty() {
-        say(&format!("loaded {}", more.join(" ")));
-    }
+    // Devices that showed up meanwhile get their drivers with the late ones, after the launch.
     for f in &modules.failures {
         tracing::warn!("bootstrap: module {f}");
     }
@@ -725,9 +795,10 @@ mod tests {
         )
         .unwrap();
         let mut rec = Recorder(Vec::new(), Vec::new());
+        let buses = index.buses(true);
         let mut m = Modules::new(index, PathBuf::from("/lib/modules"), &mut rec);
         m.load_always();
-        let aliases = modaliases(sys);
+        let aliases = modaliases(sys, &buses);
         assert_eq!(
             m.load_matching(&aliases, false),
             ["virtio_blk", "virtio_pci"]
@@ -785,9 +856,10 @@ mod tests {
         )
         .unwrap();
         let mut rec = Recorder(Vec::new(), vec!["ata_piix"]);
+        let buses = index.buses(true);
         let mut m = Modules::new(index, PathBuf::from("/m"), &mut rec);
         m.set_params("virtio_pci", "force_legacy=1");
-        let aliases = modaliases(sys);
+        let aliases = modaliases(sys, &buses);
         assert_eq!(m.load_next(&aliases, true).as_deref(), Some("virtio_blk"));
         assert_eq!(m.load_next(&aliases, true).as_deref(), Some("virtio_pci"));
         assert_eq!(

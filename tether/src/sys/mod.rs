@@ -7,6 +7,7 @@ pub mod ioctl;
 pub mod sched;
 pub mod serial;
 pub mod spawn;
+pub mod uevent;
 
 use std::os::fd::{AsFd, AsRawFd as _, OwnedFd};
 
