@@ -199,17 +199,23 @@ impl Container {
         VmxFile::create(c.config_file(), kv)?;
         let image = std::fs::canonicalize(&c.meta.image)
             .with_context(|| format!("the image {}", c.meta.image.display()))?;
-        let out = std::process::Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2", "-F", "vmdk", "-b"])
-            .arg(&image)
-            .arg(c.disk())
-            .output()
-            .context("running qemu-img")?;
-        if !out.status.success() {
-            bail!(
-                "qemu-img create: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+        let written = crate::qcow2::vmdk_size(&image)
+            .and_then(|size| crate::qcow2::create_overlay(&c.disk(), &image, "vmdk", size));
+        if let Err(e) = written {
+            // An image laid out otherwise: qemu-img knows them all.
+            tracing::debug!("the disk by qemu-img: {e}");
+            let out = std::process::Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2", "-F", "vmdk", "-b"])
+                .arg(&image)
+                .arg(c.disk())
+                .output()
+                .context("running qemu-img")?;
+            if !out.status.success() {
+                bail!(
+                    "qemu-img create: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+            }
         }
         std::fs::write(c.dir.join("meta.json"), serde_json::to_vec_pretty(&c.meta)?)?;
         Ok(c)
