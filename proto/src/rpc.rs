@@ -37,6 +37,13 @@ pub enum Request {
     GetAll {
         prefix: String,
     },
+    /// `info-get-all-z <prefix>`: the same lines, zlib-compressed (our extension too; a host that
+    /// does not know it answers `0 Unknown command` and the guest asks `info-get-all`). A
+    /// container's config is mostly its 64-digit ID over and over: 3.3 KB become 0.4 KB, which
+    /// over a UART is some 180 fewer interrupts of a 16-byte FIFO.
+    GetAllDeflated {
+        prefix: String,
+    },
     /// Anything else (`log …`, `tools.set.version …`): answered `0 Unknown command` by our hosts.
     Other(String),
 }
@@ -61,6 +68,7 @@ impl Request {
             Request::Get { key } => format!("info-get {key}"),
             Request::Set { key, value } => format!("info-set {key} {value}"),
             Request::GetAll { prefix } => format!("info-get-all {prefix}"),
+            Request::GetAllDeflated { prefix } => format!("info-get-all-z {prefix}"),
             Request::Other(text) => text.clone(),
         };
         if text.len() > MAX_REQUEST {
@@ -80,6 +88,9 @@ impl Request {
                 key: rest.trim().to_string(),
             },
             "info-get-all" if !rest.trim().is_empty() => Request::GetAll {
+                prefix: rest.trim().to_string(),
+            },
+            "info-get-all-z" if !rest.trim().is_empty() => Request::GetAllDeflated {
                 prefix: rest.trim().to_string(),
             },
             "info-set" => match rest.split_once(' ') {
@@ -175,6 +186,12 @@ mod tests {
         for r in [
             Request::get("guestinfo.k"),
             Request::set("guestinfo.k", "v w"),
+            Request::GetAll {
+                prefix: "guestinfo.".into(),
+            },
+            Request::GetAllDeflated {
+                prefix: "guestinfo.".into(),
+            },
         ] {
             assert_eq!(Request::parse(&r.to_bytes().unwrap()).unwrap(), r);
         }

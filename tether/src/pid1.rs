@@ -2,14 +2,17 @@
 //! limits as VIC did, read its settings from the kernel command line, and at the end sync and
 //! power off. It never exits: the kernel would panic.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use nix::mount::MsFlags;
 
 /// Mount operations, behind a trait so that the plan is tested without root.
 pub trait Mounter {
-    fn is_mounted(&self, target: &str) -> bool;
-    fn supports(&self, fstype: &str) -> bool;
+    /// The mount points in place.
+    fn mounted(&self) -> BTreeSet<String>;
+    /// The filesystem types the kernel has; `None` while that cannot be told (no /proc yet).
+    fn filesystems(&self) -> Option<BTreeSet<String>>;
     fn mkdir(&self, path: &str) -> Result<(), String>;
     fn mount(
         &self,
@@ -97,8 +100,13 @@ fn plan() -> Vec<Mount> {
 /// Mounts what is not mounted yet. Failures are returned to be reported; none is fatal.
 pub fn mount_all(m: &dyn Mounter) -> Vec<String> {
     let mut errors = Vec::new();
+    // Read once each (each read of /proc costs a millisecond or two under emulation), the
+    // filesystems again once /proc is there.
+    let mounted = m.mounted();
+    let mut filesystems = m.filesystems();
     for p in plan() {
-        if m.is_mounted(p.target) || !m.supports(p.fstype) {
+        let lacking = filesystems.as_ref().is_some_and(|f| !f.contains(p.fstype));
+        if mounted.contains(p.target) || lacking {
             continue;
         }
         if let Err(e) = m.mkdir(p.target) {
@@ -110,8 +118,10 @@ pub fn mount_all(m: &dyn Mounter) -> Vec<String> {
             (Err(_), Some(data)) => m.mount(p.source, p.target, p.fstype, p.flags, data),
             (r, _) => r,
         };
-        if let Err(e) = result {
-            errors.push(format!("mount {} on {}: {e}", p.fstype, p.target));
+        match result {
+            Ok(()) if p.target == "/proc" => filesystems = m.filesystems(),
+            Ok(()) => {}
+            Err(e) => errors.push(format!("mount {} on {}: {e}", p.fstype, p.target)),
         }
     }
     for (to, at) in [
@@ -131,20 +141,26 @@ pub fn mount_all(m: &dyn Mounter) -> Vec<String> {
 pub struct System;
 
 impl Mounter for System {
-    fn is_mounted(&self, target: &str) -> bool {
+    fn mounted(&self) -> BTreeSet<String> {
         std::fs::read_to_string("/proc/self/mountinfo")
-            .map(|t| t.lines().any(|l| l.split(' ').nth(4) == Some(target)))
-            .unwrap_or(false)
+            .map(|t| {
+                t.lines()
+                    .filter_map(|l| l.split(' ').nth(4))
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
-    fn supports(&self, fstype: &str) -> bool {
+    fn filesystems(&self) -> Option<BTreeSet<String>> {
         // Before /proc is mounted nothing can be checked; the first mounts are always there.
-        match std::fs::read_to_string("/proc/filesystems") {
-            Ok(t) => t
-                .lines()
-                .any(|l| l.split_whitespace().last() == Some(fstype)),
-            Err(_) => true,
-        }
+        let t = std::fs::read_to_string("/proc/filesystems").ok()?;
+        Some(
+            t.lines()
+                .filter_map(|l| l.split_whitespace().last())
+                .map(String::from)
+                .collect(),
+        )
     }
 
     fn mkdir(&self, path: &str) -> Result<(), String> {
@@ -254,7 +270,6 @@ pub fn power_off() -> ! {
 #[cfg(test)]
 mod tests {
     use std::cell::RefCell;
-    use std::collections::BTreeSet;
 
     use super::*;
 
@@ -267,11 +282,24 @@ mod tests {
     }
 
     impl Mounter for Fake {
-        fn is_mounted(&self, target: &str) -> bool {
-            self.mounted.contains(target)
+        fn mounted(&self) -> BTreeSet<String> {
+            self.mounted.clone()
         }
-        fn supports(&self, fstype: &str) -> bool {
-            !self.unsupported.contains(fstype)
+        fn filesystems(&self) -> Option<BTreeSet<String>> {
+            // Like the kernel's list: unknown until /proc is mounted.
+            let proc_there = self.mounted.contains("/proc")
+                || self
+                    .log
+                    .borrow()
+                    .iter()
+                    .any(|l| l.starts_with("proc /proc"));
+            proc_there.then(|| {
+                ["proc", "sysfs", "devtmpfs", "devpts", "tmpfs", "cgroup2"]
+                    .into_iter()
+                    .filter(|f| !self.unsupported.contains(*f))
+                    .map(String::from)
+                    .collect()
+            })
         }
         fn mkdir(&self, _: &str) -> Result<(), String> {
             Ok(())
@@ -316,6 +344,21 @@ mod tests {
             ]
         );
         assert!(log.contains(&"/dev/fd -> /proc/self/fd".to_string()));
+    }
+
+    #[test]
+    fn on_a_bare_root_what_the_kernel_lacks_is_known_once_proc_is_mounted() {
+        let f = Fake {
+            unsupported: ["cgroup2".to_string()].into(),
+            ..Fake::default()
+        };
+        assert!(mount_all(&f).is_empty());
+        let log = f.log.borrow();
+        assert!(log.iter().any(|l| l.starts_with("tmpfs /run")));
+        assert!(
+            !log.iter().any(|l| l.starts_with("cgroup2")),
+            "cgroup2 is not tried: {log:?}"
+        );
     }
 
     #[test]

@@ -98,6 +98,13 @@ pub fn serve_request(store: &mut dyn GuestInfo, request: &[u8]) -> Reply {
             )),
             None => Reply::fail("Unknown command"),
         },
+        Request::GetAllDeflated { prefix } => match store.list(&prefix) {
+            Some(pairs) => Reply::ok(miniz_oxide::deflate::compress_to_vec_zlib(
+                vmx::render(pairs.iter().map(|(k, v)| (k.as_str(), v.as_str()))).as_bytes(),
+                6,
+            )),
+            None => Reply::fail("Unknown command"),
+        },
         Request::Other(_) => Reply::fail("Unknown command"),
     }
 }

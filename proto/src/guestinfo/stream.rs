@@ -53,8 +53,8 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<Vec<u8>>> {
 }
 
 /// The guest side: a guestinfo transport over any byte stream. At each refresh it asks for every
-/// `guestinfo.` key at once (`info-get-all`) and answers reads from that snapshot until the next
-/// refresh; a host without the extension gets one `info-get` a key.
+/// `guestinfo.` key at once (`info-get-all-z`, else `info-get-all`) and answers reads from that
+/// snapshot until the next refresh; a host without either extension gets one `info-get` a key.
 pub struct StreamGuestInfo<S> {
     stream: S,
     snapshot: Option<crate::extraconfig::KeyValues>,
@@ -97,21 +97,40 @@ impl<S: Read + Write + Send> GuestInfo for StreamGuestInfo<S> {
     }
 
     fn refresh(&mut self) -> Result<(), GuestInfoError> {
-        let request = crate::rpc::Request::GetAll {
-            prefix: SNAPSHOT_PREFIX.to_string(),
+        use crate::rpc::{Reply, Request};
+        let prefix = SNAPSHOT_PREFIX.to_string();
+        let deflated = Request::GetAllDeflated {
+            prefix: prefix.clone(),
         };
-        self.snapshot = match crate::rpc::Reply::parse(&self.call(&request.to_bytes()?)?)? {
-            crate::rpc::Reply::Ok(text) => {
+        let text = match Reply::parse(&self.call(&deflated.to_bytes()?)?)? {
+            Reply::Ok(z) => Some(
+                miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(&z, MAX_SNAPSHOT).map_err(
+                    |e| GuestInfoError::Protocol(format!("info-get-all-z: {:?}", e.status)),
+                )?,
+            ),
+            // A host without the compressed form: the plain one, else a key at a time.
+            Reply::Fail(_) => {
+                match Reply::parse(&self.call(&Request::GetAll { prefix }.to_bytes()?)?)? {
+                    Reply::Ok(text) => Some(text),
+                    Reply::Fail(_) => None,
+                }
+            }
+        };
+        self.snapshot = match text {
+            Some(text) => {
                 let text = String::from_utf8_lossy(&text);
                 let pairs = super::vmx::parse(&text)
                     .map_err(|e| GuestInfoError::Protocol(format!("info-get-all: {e}")))?;
                 Some(pairs.into_iter().collect())
             }
-            crate::rpc::Reply::Fail(_) => None,
+            None => None,
         };
         Ok(())
     }
 }
+
+/// The most a compressed snapshot may inflate to (a VMX holds far less guestinfo than this).
+const MAX_SNAPSHOT: usize = 16 << 20;
 
 /// What a snapshot holds: every key a guest may read.
 const SNAPSHOT_PREFIX: &str = crate::rpc::GUESTINFO_PREFIX;
@@ -172,6 +191,73 @@ mod tests {
             store.get("guestinfo.vice..sessions|abc.started"),
             Some("true")
         );
+    }
+
+    /// A host that answers `Unknown command` to the requests starting with any of `refuse`;
+    /// returns the commands it was sent.
+    fn old_host(
+        mut stream: UnixStream,
+        refuse: &'static [&'static str],
+    ) -> std::thread::JoinHandle<Vec<String>> {
+        std::thread::spawn(move || {
+            let mut store: KeyValues = [("guestinfo.vice./common/id", "abc")].into_iter().collect();
+            let mut seen = Vec::new();
+            while let Some(request) = read_frame(&mut stream).unwrap() {
+                let text = String::from_utf8_lossy(&request).to_string();
+                let cmd = text.split(' ').next().unwrap_or("").to_string();
+                let reply = if refuse.contains(&cmd.as_str()) {
+                    crate::rpc::Reply::fail("Unknown command")
+                } else {
+                    crate::guestinfo::serve_request(&mut store, &request)
+                };
+                seen.push(cmd);
+                write_frame(&mut stream, &reply.to_bytes()).unwrap();
+            }
+            seen
+        })
+    }
+
+    #[test]
+    fn a_snapshot_comes_compressed_else_plain_else_not_at_all() {
+        for (refuse, snapshot, asked) in [
+            (&[][..], true, &["info-get-all-z"][..]),
+            (
+                &["info-get-all-z"][..],
+                true,
+                &["info-get-all-z", "info-get-all"][..],
+            ),
+            (
+                &["info-get-all-z", "info-get-all"][..],
+                false,
+                &["info-get-all-z", "info-get-all", "info-get"][..],
+            ),
+        ] {
+            let (a, b) = UnixStream::pair().unwrap();
+            let host = old_host(b, refuse);
+            let mut gi = StreamGuestInfo::new(a);
+            gi.refresh().unwrap();
+            assert_eq!(gi.snapshot.is_some(), snapshot, "refusing {refuse:?}");
+            // Read from the snapshot, or a key at a time.
+            assert_eq!(
+                gi.get("guestinfo.vice./common/id").unwrap().as_deref(),
+                Some("abc")
+            );
+            drop(gi);
+            assert_eq!(host.join().unwrap(), asked, "refusing {refuse:?}");
+        }
+    }
+
+    #[test]
+    fn a_compressed_snapshot_that_does_not_inflate_is_an_error() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let host = std::thread::spawn(move || {
+            let _ = read_frame(&mut b).unwrap();
+            write_frame(&mut b, b"1 not zlib at all").unwrap();
+        });
+        let mut gi = StreamGuestInfo::new(a);
+        let e = gi.refresh().unwrap_err().to_string();
+        assert!(e.contains("info-get-all-z"), "{e}");
+        host.join().unwrap();
     }
 
     #[test]
