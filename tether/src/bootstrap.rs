@@ -477,7 +477,7 @@ fn boot(settings: &Settings) -> Result<(), String> {
     let mut modules = Modules::new(index, PathBuf::from(MODULE_DIR), Finit);
     modules.set_params(SCSI_MANUAL_SCAN.0, SCSI_MANUAL_SCAN.1);
     // Listening before the first look at sysfs: whatever shows up after it is an event.
-    let events = match crate::sys::uevent::Uevents::open() {
+    let mut events = match crate::sys::uevent::Uevents::open() {
         Ok(u) => Some(u),
         Err(e) => {
             tracing::warn!("bootstrap: no uevents ({e}); polling sysfs instead");
@@ -567,7 +567,8 @@ fn boot(settings: &Settings) -> Result<(), String> {
             }
             Some(Ok(_)) => {}
             Some(Err(e)) => {
-                tracing::warn!("bootstrap: uevents: {e}");
+                tracing::warn!("bootstrap: uevents: {e}; polling sysfs from now on");
+                events = None;
                 std::thread::sleep(POLL);
             }
             None => std::thread::sleep(POLL),
