@@ -289,11 +289,13 @@ impl Session {
         let launched = match ctx.settings.root_ready.wait().await {
             // Stopped while the root was being prepared: nothing to launch.
             Ok(()) if self.stopping() => return false,
-            Ok(()) => launch::prepare(&ctx.settings.root, &cfg.cmd, &cfg.user, &cfg.group)
-                .and_then(|p| {
+            Ok(()) => match launch::prepare(&ctx.settings.root, &cfg.cmd, &cfg.user, &cfg.group) {
+                Ok(p) => {
                     tracing::debug!(session = %self.id, "prepared");
-                    self.spawn(ctx, cfg, &p)
-                }),
+                    self.spawn(ctx, cfg, &p).await
+                }
+                Err(e) => Err(e),
+            },
             Err(why) => Err(LaunchError::new(launch::EXIT_SETUP, why)),
         };
         // The container has started: the late modules give way for its first moments only (a
@@ -360,7 +362,7 @@ impl Session {
     }
 
     #[allow(clippy::type_complexity)]
-    fn spawn(
+    async fn spawn(
         &self,
         ctx: &Ctx,
         cfg: &SessionConfig,
@@ -398,11 +400,19 @@ impl Session {
             stdio,
             controlling_tty: cfg.tty,
         };
-        let (pid, exit_rx) = ctx
-            .reaper
-            .spawn(|| spawn::spawn(&spec).map(|pid| pid.as_raw()))
-            .map_err(|e| launch::spawn_error(&e, p))?;
-        drop(child_fds);
+        // The fork and the wait for the exec (which may read the binary from a slow disk) on a
+        // thread of their own: the runtime goes on serving attach, other sessions and guestinfo.
+        // The child's descriptors go along and close once it has its copies, whatever becomes
+        // of this future.
+        let reaper = ctx.reaper.clone();
+        let spawned = tokio::task::spawn_blocking(move || {
+            let r = reaper.spawn(|| spawn::spawn(&spec).map(|pid| pid.as_raw()));
+            drop(child_fds);
+            r
+        })
+        .await
+        .map_err(|e| setup("the spawning thread", &e))?;
+        let (pid, exit_rx) = spawned.map_err(|e| launch::spawn_error(&e, p))?;
         if cfg.tty {
             *lock(&self.pty) = stdin.as_ref().and_then(|fd| fd.try_clone().ok());
         }
