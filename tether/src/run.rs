@@ -312,6 +312,9 @@ fn serve(
 ) -> anyhow::Result<Ending> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        // The blocking threads (launches wait there for the exec) give their memory back soon
+        // after, not 10 s later: the tether stays small beside the container.
+        .thread_keep_alive(std::time::Duration::from_millis(500))
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
