@@ -159,6 +159,10 @@ impl<L: ModuleLoader> Modules<L> {
         }
     }
 
+    pub fn index(&self) -> &ModuleIndex {
+        &self.index
+    }
+
     /// Loads module `name` with `params` when it comes to be loaded.
     pub fn set_params(&mut self, name: &str, params: &str) {
         self.params.insert(name.to_string(), params.to_string());
@@ -471,13 +475,10 @@ fn boot(settings: &Settings) -> Result<(), String> {
             ModuleIndex::default()
         }
     };
-    // The late modules' buses too once they are wanted.
-    let (early_buses, all_buses) = (index.buses(false), index.buses(true));
-    let mut buses = &early_buses;
     let mut modules = Modules::new(index, PathBuf::from(MODULE_DIR), Finit);
     modules.set_params(SCSI_MANUAL_SCAN.0, SCSI_MANUAL_SCAN.1);
     // Listening before the first look at sysfs: whatever shows up after it is an event.
-    let mut events = match crate::sys::uevent::Uevents::open() {
+    let mut uevents = match crate::sys::uevent::Uevents::open() {
         Ok(u) => Some(u),
         Err(e) => {
             tracing::warn!("bootstrap: no uevents ({e}); polling sysfs instead");
@@ -485,10 +486,55 @@ fn boot(settings: &Settings) -> Result<(), String> {
         }
     };
     modules.load_always();
-    let sys = Path::new("/sys");
-    let dev = Path::new("/dev");
+    let events = uevents.as_mut().map(|u| u as &mut dyn DeviceEvents);
+    let disk = find_disk(
+        Path::new("/sys"),
+        Path::new("/dev"),
+        &mut modules,
+        events,
+        settings.root_wait,
+    );
+    for f in &modules.failures {
+        tracing::warn!("bootstrap: module {f}");
+    }
+    let disk = disk?;
+    say(&format!(
+        "found {} after {} ms",
+        disk.display(),
+        started.elapsed().as_millis()
+    ));
+    enter(&disk)
+}
+
+/// Where the bootstrap stage learns of new devices: the kernel's uevents (scripted in tests).
+pub trait DeviceEvents {
+    /// Waits at most `timeout`, then returns what came.
+    fn wait(&mut self, timeout: Duration) -> Result<crate::sys::uevent::Batch, String>;
+}
+
+impl DeviceEvents for crate::sys::uevent::Uevents {
+    fn wait(&mut self, timeout: Duration) -> Result<crate::sys::uevent::Batch, String> {
+        crate::sys::uevent::Uevents::wait(self, timeout).map_err(|e| e.to_string())
+    }
+}
+
+/// Loads the drivers of the devices under `sys` and finds the block device in `dev` labelled
+/// `containerfs`, within `root_wait`. Between looks it waits on `events` (a new device's
+/// `MODALIAS` brings its driver, a new block device is read), or polls without them; sysfs is
+/// looked at whole at first, after a quiet spell, after lost events, and at the fallback to the
+/// late modules (when no driver has come for [`LATE_FALLBACK`]).
+pub fn find_disk<L: ModuleLoader>(
+    sys: &Path,
+    dev: &Path,
+    modules: &mut Modules<L>,
+    mut events: Option<&mut dyn DeviceEvents>,
+    root_wait: Duration,
+) -> Result<PathBuf, String> {
+    let deadline = Instant::now() + root_wait;
+    // The late modules' buses too once they are wanted.
+    let (early_buses, all_buses) = (modules.index().buses(false), modules.index().buses(true));
+    let mut buses = &early_buses;
     let mut scanned = BTreeSet::new();
-    let deadline = started + settings.root_wait;
     // The late modules (virtio, NICs, IDE, fw_cfg, vsock) wait for the tether, unless the disk
     // does not show up without them.
     let mut late = false;
@@ -498,7 +544,7 @@ fn boot(settings: &Settings) -> Result<(), String> {
     let mut aliases = modaliases(sys, buses);
     let mut look_all = true;
     let mut new_disks: Vec<String> = Vec::new();
-    let disk = loop {
+    loop {
         let new = modules.load_matching(&aliases, late);
         if !new.is_empty() {
             say(&format!("loaded {}", new.join(" ")));
@@ -523,7 +569,9 @@ fn boot(settings: &Settings) -> Result<(), String> {
                 .find_map(|n| labelled(dev, n, CONTAINERFS_LABEL))
         };
         if let Some(d) = found {
-            break d;
+            // Devices that showed up meanwhile get their drivers with the late ones, after the
+            // launch.
+            return Ok(d);
         }
         if !late && last_new.elapsed() > LATE_FALLBACK {
             say("no disk yet: loading the remaining drivers, scanning every SCSI target");
@@ -538,8 +586,7 @@ fn boot(settings: &Settings) -> Result<(), String> {
         if now >= deadline {
             let seen = block_devices(sys);
             return Err(format!(
-                "no disk labelled {CONTAINERFS_LABEL:?} after {:?} (block devices: {}; module failures: {})",
-                settings.root_wait,
+                "no disk labelled {CONTAINERFS_LABEL:?} after {root_wait:?} (block devices: {}; module failures: {})",
                 if seen.is_empty() { "none".into() } else { seen.join(" ") },
                 if modules.failures.is_empty() { "none".into() } else { modules.failures.join("; ") },
             ));
@@ -552,7 +599,7 @@ fn boot(settings: &Settings) -> Result<(), String> {
         }
         new_disks.clear();
         look_all = true;
-        match events.as_ref().map(|u| u.wait(wait)) {
+        match events.as_mut().map(|u| u.wait(wait)) {
             Some(Ok(batch)) if !batch.lost && !batch.events.is_empty() => {
                 look_all = false;
                 tracing::trace!("bootstrap: {} device events", batch.events.len());
@@ -576,17 +623,7 @@ fn boot(settings: &Settings) -> Result<(), String> {
         if look_all {
             aliases = modaliases(sys, buses);
         }
-    };
-    // Devices that showed up meanwhile get their drivers with the late ones, after the launch.
-    for f in &modules.failures {
-        tracing::warn!("bootstrap: module {f}");
     }
-    say(&format!(
-        "found {} after {} ms",
-        disk.display(),
-        started.elapsed().as_millis()
-    ));
-    enter(&disk)
 }
 
 /// Mounts the container's disk, prepares `/.tether`, and switches the process's root to it.
@@ -901,5 +938,236 @@ mod tests {
             Settings::from_cmdline("").root_wait,
             Duration::from_secs(30)
         );
+    }
+
+    /// Loads nothing for real: records the modules and runs `hook` with each module's name.
+    struct Hooked<F: FnMut(&str)> {
+        loaded: Vec<String>,
+        hook: F,
+    }
+    impl<F: FnMut(&str)> ModuleLoader for Hooked<F> {
+        fn load(&mut self, file: &Path, _: &str) -> Result<(), String> {
+            let name = tether_proto::modindex::module_name(&file.to_string_lossy());
+            (self.hook)(&name);
+            self.loaded.push(name);
+            Ok(())
+        }
+    }
+
+    /// Device events from a script: each wait runs the next step (which may change the fake
+    /// sysfs and /dev) and returns its events; past the end, the wait times out.
+    struct Script(std::collections::VecDeque<Step>, usize);
+    impl DeviceEvents for Script {
+        fn wait(&mut self, timeout: Duration) -> Result<crate::sys::uevent::Batch, String> {
+            self.1 += 1;
+            match self.0.pop_front() {
+                Some(mut step) => Ok(step()),
+                None => {
+                    std::thread::sleep(timeout.min(Duration::from_millis(5)));
+                    Ok(Default::default())
+                }
+            }
+        }
+    }
+
+    fn event(
+        action: &str,
+        subsystem: &str,
+        devname: Option<&str>,
+        modalias: Option<&str>,
+    ) -> crate::sys::uevent::Uevent {
+        crate::sys::uevent::Uevent {
+            action: action.into(),
+            subsystem: subsystem.into(),
+            devpath: String::new(),
+            devname: devname.map(String::from),
+            modalias: modalias.map(String::from),
+        }
+    }
+
+    type Step = Box<dyn FnMut() -> crate::sys::uevent::Batch>;
+
+    fn script(steps: Vec<Step>) -> Script {
+        Script(steps.into(), 0)
+    }
+
+    fn batch(events: Vec<crate::sys::uevent::Uevent>, lost: bool) -> crate::sys::uevent::Batch {
+        crate::sys::uevent::Batch { events, lost }
+    }
+
+    /// `find_disk` under the fake `sys` with its `dev`, with a generous deadline.
+    fn find<L: ModuleLoader>(
+        sys: &Path,
+        modules: &mut Modules<L>,
+        events: Option<&mut dyn DeviceEvents>,
+    ) -> Result<PathBuf, String> {
+        find_disk(
+            sys,
+            &sys.join("dev"),
+            modules,
+            events,
+            Duration::from_secs(10),
+        )
+    }
+
+    /// A block device `name` in the fake sysfs and /dev, holding the ext4 image `img`.
+    fn plug(sys: &Path, dev: &Path, name: &str, img: &Path) {
+        std::fs::create_dir_all(sys.join("class/block").join(name)).unwrap();
+        std::fs::create_dir_all(dev).unwrap();
+        std::fs::copy(img, dev.join(name)).unwrap();
+    }
+
+    const PVSCSI: &str = "pci:v000015ADd000007C0sv000015ADsd000007C0bc01sc00i00";
+
+    fn pvscsi_index() -> ModuleIndex {
+        ModuleIndex::parse(
+            "module sd_mod s/scsi_mod.ko s/sd_mod.ko\n\
+             module vmw_pvscsi s/scsi_mod.ko s/vmw_pvscsi.ko\n\
+             module virtio_pci v/virtio_pci.ko\n\
+             alias pci:v000015ADd000007C0sv*sd*bc*sc*i* vmw_pvscsi\n\
+             alias pci:v00001AF4d*sv*sd*bc*sc*i* virtio_pci\n\
+             always sd_mod\n\
+             late virtio_pci\n",
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_disk_comes_as_an_event_after_its_adapters_driver_and_a_scan_of_target_0() {
+        let t = fake_devices(&[("pci", "0000:00:10.0", PVSCSI)]);
+        let (sys, dev) = (t.path().to_path_buf(), t.path().join("dev"));
+        let img = mkfs(t.path(), CONTAINERFS_LABEL).expect("mkfs.ext4 (e2fsprogs) is needed");
+        let host = sys.join("class/scsi_host/host0");
+        let loader = Hooked {
+            loaded: Vec::new(),
+            hook: |name: &str| {
+                // The midlayer loads with scan=manual; the adapter brings its host.
+                if name == "scsi_mod" {
+                    let p = sys.join("module/scsi_mod/parameters");
+                    std::fs::create_dir_all(&p).unwrap();
+                    std::fs::write(p.join("scan"), "manual\n").unwrap();
+                }
+                if name == "vmw_pvscsi" {
+                    std::fs::create_dir_all(&host).unwrap();
+                    std::fs::write(host.join("scan"), "").unwrap();
+                }
+            },
+        };
+        let mut modules = Modules::new(pvscsi_index(), PathBuf::from("/m"), loader);
+        modules.load_always();
+        let (s2, d2, i2) = (sys.clone(), dev.clone(), img.clone());
+        let mut script = script(vec![
+            // Events of no interest first: nothing is looked at again for them.
+            Box::new(|| batch(vec![event("add", "module", None, None)], false)),
+            Box::new(move || {
+                plug(&s2, &d2, "sda", &i2);
+                batch(vec![event("add", "block", Some("sda"), None)], false)
+            }),
+        ]);
+        let found = find(&sys, &mut modules, Some(&mut script));
+        assert_eq!(found, Ok(dev.join("sda")));
+        assert_eq!(
+            script.1, 2,
+            "found at the second wake-up, with no wait after it"
+        );
+        assert_eq!(
+            std::fs::read_to_string(host.join("scan")).unwrap(),
+            SCSI_DISK_ADDRESS,
+            "only target 0 is scanned"
+        );
+        assert_eq!(
+            modules.loader.loaded,
+            ["scsi_mod", "sd_mod", "vmw_pvscsi"],
+            "no late module"
+        );
+    }
+
+    #[test]
+    fn a_device_named_by_an_event_gets_its_driver() {
+        let t = fake_devices(&[]);
+        let (sys, dev) = (t.path().to_path_buf(), t.path().join("dev"));
+        let img = mkfs(t.path(), CONTAINERFS_LABEL).expect("mkfs.ext4 (e2fsprogs) is needed");
+        let loader = Hooked {
+            loaded: Vec::new(),
+            hook: |_: &str| {},
+        };
+        let mut modules = Modules::new(pvscsi_index(), PathBuf::from("/m"), loader);
+        let (s2, d2) = (sys.clone(), dev.clone());
+        let mut script = script(vec![
+            // The adapter shows up after the first look: its event carries the alias.
+            Box::new(|| batch(vec![event("add", "pci", None, Some(PVSCSI))], false)),
+            // The disk shows up while events were lost: found by looking at sysfs whole.
+            Box::new(move || {
+                plug(&s2, &d2, "sdb", &img);
+                batch(Vec::new(), true)
+            }),
+        ]);
+        let found = find(&sys, &mut modules, Some(&mut script));
+        assert_eq!(found, Ok(dev.join("sdb")));
+        assert_eq!(
+            script.1, 2,
+            "found right after the lost events, not at a later quiet look"
+        );
+        assert_eq!(modules.loader.loaded, ["scsi_mod", "vmw_pvscsi"]);
+    }
+
+    #[test]
+    fn without_events_it_polls_and_falls_back_to_the_late_drivers() {
+        // A virtio disk: its driver's chain is late, so the disk shows only after the fallback.
+        let t = fake_devices(&[(
+            "pci",
+            "0000:00:04.0",
+            "pci:v00001AF4d00001001sv00001AF4sd00000002bc01sc00i00",
+        )]);
+        let (sys, dev) = (t.path().to_path_buf(), t.path().join("dev"));
+        let img = mkfs(t.path(), CONTAINERFS_LABEL).expect("mkfs.ext4 (e2fsprogs) is needed");
+        let (s2, d2) = (sys.clone(), dev.clone());
+        let loader = Hooked {
+            loaded: Vec::new(),
+            hook: move |name: &str| {
+                if name == "virtio_pci" {
+                    plug(&s2, &d2, "vda", &img);
+                }
+            },
+        };
+        let mut modules = Modules::new(pvscsi_index(), PathBuf::from("/m"), loader);
+        let t0 = Instant::now();
+        let found = find(&sys, &mut modules, None);
+        assert_eq!(found, Ok(dev.join("vda")));
+        assert!(
+            t0.elapsed() >= LATE_FALLBACK,
+            "the late drivers wait for the fallback"
+        );
+        assert_eq!(modules.loader.loaded, ["virtio_pci"]);
+    }
+
+    #[test]
+    fn no_disk_by_the_deadline_names_what_was_there() {
+        let t = fake_devices(&[]);
+        let (sys, dev) = (t.path().to_path_buf(), t.path().join("dev"));
+        let other = mkfs(t.path(), "scratch").expect("mkfs.ext4 (e2fsprogs) is needed");
+        plug(&sys, &dev, "sdz", &other);
+        let loader = Hooked {
+            loaded: Vec::new(),
+            hook: |_: &str| {},
+        };
+        let mut modules = Modules::new(pvscsi_index(), PathBuf::from("/m"), loader);
+        // An event source that breaks: polling goes on, and the deadline ends it.
+        struct Broken;
+        impl DeviceEvents for Broken {
+            fn wait(&mut self, _: Duration) -> Result<crate::sys::uevent::Batch, String> {
+                Err("gone".into())
+            }
+        }
+        let e = find_disk(
+            &sys,
+            &dev,
+            &mut modules,
+            Some(&mut Broken),
+            Duration::from_millis(200),
+        )
+        .unwrap_err();
+        assert!(e.contains("no disk labelled \"containerfs\""), "{e}");
+        assert!(e.contains("block devices: sdz"), "{e}");
     }
 }
