@@ -15,16 +15,14 @@ use anyhow::{bail, Context as _};
 use vch::container::BootMode;
 use vch::vm::{self, VmSpec};
 
-const BASELINE_INIT: &str = r#"#include <fcntl.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mount.h>
-#include <sys/reboot.h>
+/// COM1 opened raw, as both inits write to it (C, shared by [`BASELINE_INIT`] and
+/// [`FLOOR_INIT`]).
+macro_rules! com1_c {
+    () => {
+        r#"#include <fcntl.h>
 #include <termios.h>
-#include <unistd.h>
 
-int main(void) {
-    mount("devtmpfs", "/dev", "devtmpfs", 0, 0);
+static int com1(void) {
     int fd = open("/dev/ttyS0", O_RDWR | O_NOCTTY);
     struct termios t;
     tcgetattr(fd, &t);
@@ -32,6 +30,23 @@ int main(void) {
     t.c_cflag &= ~CRTSCTS;
     t.c_cflag |= CLOCAL | CREAD;
     tcsetattr(fd, TCSANOW, &t);
+    return fd;
+}
+"#
+    };
+}
+
+const BASELINE_INIT: &str = concat!(
+    com1_c!(),
+    r#"#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/reboot.h>
+#include <unistd.h>
+
+int main(void) {
+    mount("devtmpfs", "/dev", "devtmpfs", 0, 0);
+    int fd = com1();
     write(fd, "first\n", 6);
     long n = BYTES;
     char buf[4096];
@@ -44,21 +59,22 @@ int main(void) {
     reboot(RB_POWER_OFF);
     return 0;
 }
-"#;
+"#
+);
 
 /// The floor: the least any init must do before the container's first byte on this kernel and
 /// disk (the SCSI modules, the disk, the mount, the exec), with nothing else (no config, no
 /// attach, no supervision). The distance from the baseline to it is the kernel's and the
 /// emulator's; the distance from it to `vch run` is ours.
-const FLOOR_INIT: &str = r#"#define _GNU_SOURCE
-#include <fcntl.h>
-#include <stdio.h>
+const FLOOR_INIT: &str = concat!(
+    "#define _GNU_SOURCE\n",
+    com1_c!(),
+    r#"#include <stdio.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
-#include <termios.h>
 #include <unistd.h>
 
 static const char *mods[][2] = {
@@ -85,13 +101,7 @@ int main(void) {
         usleep(1000);
     }
     mount("/dev/sda", "/mnt", "ext4", 0, "noinit_itable");
-    int fd = open("/dev/ttyS0", O_RDWR | O_NOCTTY);
-    struct termios t;
-    tcgetattr(fd, &t);
-    cfmakeraw(&t);
-    t.c_cflag &= ~CRTSCTS;
-    t.c_cflag |= CLOCAL | CREAD;
-    tcsetattr(fd, TCSANOW, &t);
+    int fd = com1();
     pid_t p = fork();
     if (p == 0) {
         chroot("/mnt");
@@ -105,7 +115,8 @@ int main(void) {
     reboot(RB_POWER_OFF);
     return 0;
 }
-"#;
+"#
+);
 
 /// The floor's modules, from the kernel's tree in the assets (pvscsi's disk, as `vch run`).
 const FLOOR_MODULES: [&str; 4] = [
@@ -384,4 +395,25 @@ pub fn run(vch: &Path, assets: &Path) -> anyhow::Result<()> {
         o / t
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_inits_compile() {
+        let t = tempfile::tempdir().unwrap();
+        if Command::new("gcc").arg("--version").output().is_err() {
+            eprintln!("skipped: no gcc on this machine");
+            return;
+        }
+        for (name, source, defines) in [
+            ("baseline", BASELINE_INIT, vec!["-DBYTES=6".to_string()]),
+            ("floor", FLOOR_INIT, vec![]),
+        ] {
+            cc_init(source, &defines, &t.path().join(name)).unwrap();
+            assert!(t.path().join(name).exists(), "{name}");
+        }
+    }
 }
