@@ -55,11 +55,13 @@ fn main() -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&stamp_path);
     let t = Instant::now();
     println!("bootstrap: kernel {version}: unpacking vmlinux");
-    std::fs::write(
-        args.out.join("vmlinux"),
-        bootstrap::extract_vmlinux(&vmlinuz)?,
+    // The kernel files are left alone when the same: their times key `vch`'s cached KVM probe,
+    // which a new tether alone should not make it run again.
+    write_if_changed(
+        &args.out.join("vmlinux"),
+        &bootstrap::extract_vmlinux(&vmlinuz)?,
     )?;
-    std::fs::write(args.out.join("vmlinuz"), &vmlinuz)?;
+    write_if_changed(&args.out.join("vmlinuz"), &vmlinuz)?;
     println!("bootstrap: packing the initramfs");
     let (initrd, sel) = bootstrap::initramfs(tether, &args.kernel, &version)?;
     std::fs::write(args.out.join("initramfs.cpio"), &initrd)?;
@@ -97,4 +99,14 @@ fn main() -> anyhow::Result<()> {
         initrd.len() / 1024
     );
     Ok(())
+}
+
+/// Writes `data` to `path` unless the file holds it already.
+fn write_if_changed(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    let same = std::fs::metadata(path).is_ok_and(|m| m.len() == data.len() as u64)
+        && std::fs::read(path).is_ok_and(|old| old == data);
+    if same {
+        return Ok(());
+    }
+    std::fs::write(path, data)
 }
