@@ -531,9 +531,6 @@ pub fn find_disk<L: ModuleLoader>(
     root_wait: Duration,
 ) -> Result<PathBuf, String> {
     let deadline = Instant::now() + root_wait;
-    // The late modules' buses too once they are wanted.
-    let (early_buses, all_buses) = (modules.index().buses(false), modules.index().buses(true));
-    let mut buses = &early_buses;
     let mut scanned = BTreeSet::new();
     // The late modules (virtio, NICs, IDE, fw_cfg, vsock) wait for the tether, unless the disk
     // does not show up without them.
@@ -541,7 +538,10 @@ pub fn find_disk<L: ModuleLoader>(
     let mut last_new = Instant::now();
     // Every round but those woken by events looks at sysfs whole; an event round looks at what
     // the events name.
-    let mut aliases = modaliases(sys, buses);
+    // The devices on the buses the wanted modules' aliases name (the late ones' too once they
+    // are wanted).
+    let present = |modules: &Modules<L>, late: bool| modaliases(sys, &modules.index().buses(late));
+    let mut aliases = present(modules, late);
     let mut look_all = true;
     let mut new_disks: Vec<String> = Vec::new();
     loop {
@@ -576,9 +576,8 @@ pub fn find_disk<L: ModuleLoader>(
         if !late && last_new.elapsed() > LATE_FALLBACK {
             say("no disk yet: loading the remaining drivers, scanning every SCSI target");
             late = true;
-            buses = &all_buses;
             scan_scsi_fully(sys);
-            aliases = modaliases(sys, buses);
+            aliases = present(modules, late);
             look_all = true;
             continue;
         }
@@ -621,7 +620,7 @@ pub fn find_disk<L: ModuleLoader>(
             None => std::thread::sleep(POLL),
         }
         if look_all {
-            aliases = modaliases(sys, buses);
+            aliases = present(modules, late);
         }
     }
 }

@@ -116,15 +116,13 @@ impl<S: Read + Write + Send> GuestInfo for StreamGuestInfo<S> {
                 }
             }
         };
-        self.snapshot = match text {
-            Some(text) => {
-                let text = String::from_utf8_lossy(&text);
-                let pairs = super::vmx::parse(&text)
-                    .map_err(|e| GuestInfoError::Protocol(format!("info-get-all: {e}")))?;
-                Some(pairs.into_iter().collect())
-            }
-            None => None,
-        };
+        self.snapshot = text
+            .map(|text| {
+                super::vmx::parse(&String::from_utf8_lossy(&text))
+                    .map(|pairs| pairs.into_iter().collect())
+                    .map_err(|e| GuestInfoError::Protocol(format!("info-get-all: {e}")))
+            })
+            .transpose()?;
         Ok(())
     }
 }
