@@ -95,13 +95,19 @@ pub struct Session {
     pub fanout: Arc<Fanout>,
     /// Input from attached clients.
     input: mpsc::UnboundedSender<InputMsg>,
-    /// The pty master while the process runs (for window changes).
-    pty: Mutex<Option<OwnedFd>>,
-    /// The last window size asked for (cols, rows, width, height), applied to the pty when the
-    /// process starts: docker sends it before.
-    window: Mutex<Option<(u16, u16, u16, u16)>>,
+    /// The terminal: the last size asked for and the pty it applies to, under one lock so that
+    /// a change lands whatever its order with the launch.
+    tty: Mutex<Tty>,
     /// The process group of the last launch (its leader's pid), kept after the exit.
     pgid: Mutex<Option<i32>>,
+}
+
+/// A session's terminal: the window size last asked for (cols, rows, width, height) and the pty
+/// master while the process has it.
+#[derive(Default)]
+struct Tty {
+    size: Option<(u16, u16, u16, u16)>,
+    master: Option<OwnedFd>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -120,8 +126,7 @@ impl Session {
             stopping: AtomicBool::new(false),
             fanout: Arc::new(Fanout::default()),
             input: input::start(),
-            pty: Mutex::new(None),
-            window: Mutex::new(None),
+            tty: Mutex::new(Tty::default()),
             pgid: Mutex::new(None),
         })
     }
@@ -213,17 +218,30 @@ impl Session {
         self.input.clone()
     }
 
-    /// Sets the pty's window size (kept for the launch when the process has not started yet);
-    /// false when the session has no pty.
+    /// Sets the pty's window size, or keeps it for the pty to come (docker resizes before the
+    /// launch, VIC's VCH right after `unblock`, while the launch may be in flight); false when
+    /// the session has no pty or has ended.
     pub fn set_window(&self, cols: u16, rows: u16, width: u16, height: u16) -> bool {
         if !lock(&self.config).tty {
             return false;
         }
-        *lock(&self.window) = Some((cols, rows, width, height));
-        match &*lock(&self.pty) {
+        let mut tty = lock(&self.tty);
+        tty.size = Some((cols, rows, width, height));
+        match &tty.master {
             Some(fd) => sys::ioctl::set_window_size(fd, cols, rows, width, height).is_ok(),
             None => !matches!(self.state(), State::Exited(_) | State::Failed(_)),
         }
+    }
+
+    /// Takes a new pty (before its process is started): the last size asked for is applied to
+    /// it, and every later change goes straight to it.
+    fn attach_pty(&self, master: &OwnedFd) -> std::io::Result<()> {
+        let mut tty = lock(&self.tty);
+        if let Some((c, r, w, h)) = tty.size {
+            sys::ioctl::set_window_size(master, c, r, w, h)?;
+        }
+        tty.master = Some(master.try_clone()?);
+        Ok(())
     }
 
     /// Still of interest to a host: active and neither exited nor failed (VIC's rule for
@@ -346,7 +364,7 @@ impl Session {
             }
         }
         let _ = self.input.send(InputMsg::Done);
-        *lock(&self.pty) = None;
+        lock(&self.tty).master = None;
         ctx.log.flush(Some(&self.id)).await;
         let status = exit.status();
         tracing::info!(session = %self.id, pid, ?exit, status, "exited");
@@ -385,10 +403,9 @@ impl Session {
             outputs,
             stdin,
         } = plumbing(cfg.tty, cfg.open_stdin).map_err(|e| setup("stdio", &e))?;
-        if cfg.tty {
-            if let (Some((c, r, w, h)), Some(fd)) = (*lock(&self.window), stdin.as_ref()) {
-                let _ = sys::ioctl::set_window_size(fd, c, r, w, h);
-            }
+        if let (true, Some(master)) = (cfg.tty, stdin.as_ref()) {
+            self.attach_pty(master)
+                .map_err(|e| setup("the terminal", &e))?;
         }
         let stdio = child_stdio(&child_fds);
         let spec = spawn::SpawnSpec {
@@ -412,10 +429,9 @@ impl Session {
         })
         .await
         .map_err(|e| setup("the spawning thread", &e))?;
-        let (pid, exit_rx) = spawned.map_err(|e| launch::spawn_error(&e, p))?;
-        if cfg.tty {
-            *lock(&self.pty) = stdin.as_ref().and_then(|fd| fd.try_clone().ok());
-        }
+        let (pid, exit_rx) = spawned
+            .inspect_err(|_| lock(&self.tty).master = None)
+            .map_err(|e| launch::spawn_error(&e, p))?;
         let _ = self.input.send(match stdin {
             Some(fd) => InputMsg::Target(fd, cfg.tty),
             None => InputMsg::Done,

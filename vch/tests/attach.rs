@@ -376,6 +376,49 @@ fn tty_session_gets_the_window_size_and_its_changes() {
     });
 }
 
+/// VIC's VCH and docker's CLI resize *after* `unblock`, while the launch is in flight: the
+/// process must see the last size asked for, whether the change reaches the tether before the
+/// pty exists, between its making and the exec, or after. Both orders a host uses: the change
+/// sent right behind `unblock` (no wait for its reply), and after the reply.
+#[test]
+fn a_resize_right_after_unblock_reaches_the_process() {
+    for round in 0..8u32 {
+        let mut s = session(&["/bin/sh", "-c", "read x; stty size"]);
+        s.tty = true;
+        s.run_block = true;
+        let (cols, rows) = (100 + round, 40 + round);
+        with_tether(&config(s), |h| async move {
+            let mut ch = h
+                .open("attach", ID.as_bytes().to_vec())
+                .await
+                .unwrap()
+                .unwrap();
+            let size = wire::Writer::new()
+                .u32(cols)
+                .u32(rows)
+                .u32(0)
+                .u32(0)
+                .finish();
+            if round % 2 == 0 {
+                let (unblocked, resized) = tokio::join!(
+                    ch.request("unblock", true, b"Unblock".to_vec()),
+                    ch.request("window-change", true, size),
+                );
+                assert!(unblocked.unwrap() && resized.unwrap());
+            } else {
+                assert!(ch
+                    .request("unblock", true, b"Unblock".to_vec())
+                    .await
+                    .unwrap());
+                assert!(ch.request("window-change", true, size).await.unwrap());
+            }
+            ch.data(b"go\n".to_vec()).await.unwrap();
+            let want = format!("{rows} {cols}");
+            read_until(&mut ch, want.as_bytes()).await;
+        });
+    }
+}
+
 #[test]
 fn ten_detach_reattach_cycles_each_see_only_their_own_echo() {
     let mut s = session(&["cat"]);
