@@ -377,3 +377,138 @@ fn an_image_without_the_containerfs_label_fails_clearly_and_powers_off() {
         "the VM powered off"
     );
 }
+
+/// `vch stop` returns as soon as the container is gone (docker's stop: the timeout only bounds
+/// the wait before SIGKILL), and so do `vch kill` and `vch rm -f`.
+#[test]
+fn stop_kill_and_rm_return_as_soon_as_the_container_is_gone() {
+    let Some(host) = Host::new() else { return };
+    for name in ["st", "ki", "rm"] {
+        let out = host.vch(&["run", "-d", "--name", name, "--", "/bin/sleep", "1000"]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    }
+    let ps = text(&host.vch(&["ps"]).stdout);
+    assert_eq!(ps.matches("running").count(), 3, "{ps}");
+
+    // The process dies of SIGTERM at once; stop's 10 s are only the bound before SIGKILL.
+    let started = Instant::now();
+    let out = host.vch(&["stop", "st"]);
+    let took = started.elapsed();
+    let returned = std::time::SystemTime::now();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(took < Duration::from_secs(10), "stop waited {took:?}");
+    let c = vch::container::Container::find(host.state.path(), "st").unwrap();
+    let ended = std::fs::metadata(c.ended_marker())
+        .and_then(|m| m.modified())
+        .expect("the supervisor marked the VM's end");
+    let after = returned.duration_since(ended).unwrap_or_default();
+    assert!(
+        after < Duration::from_secs(2),
+        "stop returned {after:?} after the VM ended"
+    );
+    assert_eq!(c.exit_status(), Some(143));
+
+    // kill (SIGKILL) returns once the container is gone, as docker's does.
+    let out = host.vch(&["kill", "ki"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let c = vch::container::Container::find(host.state.path(), "ki").unwrap();
+    assert!(!c.vm_running(), "the VM is gone when kill returns");
+    assert_eq!(c.exit_status(), Some(137));
+
+    let started = Instant::now();
+    let out = host.vch(&["rm", "-f", "rm"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "rm -f took {:?}",
+        started.elapsed()
+    );
+    let ps = text(&host.vch(&["ps"]).stdout);
+    assert!(!ps.contains("running") && !ps.contains(" rm "), "{ps}");
+}
+
+/// The order an unmodified VCH uses for `docker exec -it`: the exec written to the config, a
+/// `reload`, an attach, `unblock`, and the resize right behind it, while the launch (the exec
+/// reads its binary from the emulated disk, tens of milliseconds under TCG) is in flight. The
+/// process sees the size asked for.
+#[test]
+fn a_resize_right_after_unblock_reaches_the_exec_under_qemu() {
+    use tether_proto::ssh::{wire, ChannelEvent};
+    let Some(host) = Host::new() else { return };
+    let out = host.vch(&["run", "-d", "--name", "rz", "--", "/bin/sleep", "1000"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let c = vch::container::Container::find(host.state.path(), "rz").unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let got = rt.block_on(async {
+        let h = vch::front::connect(&c.ctl_socket()).await.unwrap();
+        let mut seen = Vec::new();
+        for (round, (cols, rows)) in [(77u32, 33u32), (150, 60)].into_iter().enumerate() {
+            let id = vch::container::new_id();
+            let spec = vch::container::RunSpec {
+                name: None,
+                command: vec!["/bin/sh".into(), "-c".into(), "read x; stty size".into()],
+                env: Vec::new(),
+                workdir: None,
+                user: None,
+                tty: true,
+                interactive: true,
+                attached: true,
+                debug: 0,
+                debug_shell: false,
+            };
+            c.add_exec(&id, &vch::container::session(&id, "rz", &spec))
+                .unwrap();
+            assert!(h
+                .global_request("reload", true, Vec::new())
+                .await
+                .unwrap()
+                .is_some());
+            while !vch::attach::container_ids(&h).await.unwrap().contains(&id) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let mut ch = h.open("attach", id.into_bytes()).await.unwrap().unwrap();
+            let size = wire::Writer::new()
+                .u32(cols)
+                .u32(rows)
+                .u32(0)
+                .u32(0)
+                .finish();
+            if round == 0 {
+                // Sent back to back: the resize does not wait for unblock's reply.
+                let (u, w) = tokio::join!(
+                    ch.request("unblock", true, b"Unblock".to_vec()),
+                    ch.request("window-change", true, size),
+                );
+                assert!(u.unwrap() && w.unwrap());
+            } else {
+                assert!(ch
+                    .request("unblock", true, b"Unblock".to_vec())
+                    .await
+                    .unwrap());
+                assert!(ch.request("window-change", true, size).await.unwrap());
+            }
+            ch.data(b"go\n".to_vec()).await.unwrap();
+            let mut out = Vec::new();
+            while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_secs(60), ch.recv()).await
+            {
+                match ev {
+                    ChannelEvent::Data(d) => out.extend(d),
+                    ChannelEvent::Closed => break,
+                    _ => {}
+                }
+            }
+            seen.push((format!("{rows} {cols}"), text(&out)));
+        }
+        h.disconnect("done").await;
+        seen
+    });
+    for (want, out) in got {
+        assert!(out.contains(&want), "wanted {want:?}: {out:?}");
+    }
+    let out = host.vch(&["stop", "rz"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

@@ -275,14 +275,34 @@ impl Container {
             .then_some(pid)
     }
 
+    /// Whether its supervisor is alive: the VM runs, or it has ended and the supervisor still
+    /// hands clients the end of their output.
     pub fn running(&self) -> bool {
         self.supervisor().is_some()
+    }
+
+    /// Written by the supervisor the moment QEMU has exited: the container is gone, whatever
+    /// its clients are still taking.
+    pub fn ended_marker(&self) -> PathBuf {
+        self.dir.join("vm.ended")
+    }
+
+    /// Whether the VM itself still runs (what `stop`, `kill` and `ps` mean by running).
+    pub fn vm_running(&self) -> bool {
+        self.running() && !self.ended_marker().exists()
     }
 
     /// The config with the tether's writes (state, exit status).
     pub fn config(&self) -> anyhow::Result<ExecutorConfig> {
         let mut kv = tether_proto::guestinfo::vmx::load(&self.config_file())?;
         Ok(ExecutorConfig::decode(&mut kv)?.0)
+    }
+
+    /// The primary session's `started` key once the tether has written it: `true`, or why the
+    /// launch failed.
+    pub fn started(&self) -> Option<String> {
+        let c = self.config().ok()?;
+        Some(c.sessions.get(&self.meta.id)?.started.clone()).filter(|s| !s.is_empty())
     }
 
     /// The primary session's exit status once it has run and ended.

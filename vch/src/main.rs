@@ -307,7 +307,9 @@ fn main() -> ExitCode {
                     bail!("{} is running (stop it, or rm -f)", c.meta.name);
                 }
                 let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-                wait_until(Duration::from_secs(10), || !c.running());
+                // The VM ends at once; the supervisor may still hand attached clients their
+                // last output (it leaves within a minute at most) before the state can go.
+                wait_until(Duration::from_secs(70), || !c.running());
             }
             std::fs::remove_dir_all(&c.dir)?;
             println!("{}", c.meta.name);
@@ -361,18 +363,23 @@ fn main() -> ExitCode {
             timeout,
         } => {
             return run_async(async move {
-                let (h, id) = match listen {
-                    Some(l) => (connect(&l, Duration::from_secs(timeout)).await?, target),
-                    None => {
-                        let c = Container::find(&root, &target)?;
-                        let id = id.unwrap_or_else(|| c.meta.id.clone());
-                        (connect_container(&c).await?, id)
+                let Some(l) = listen else {
+                    let c = Container::find(&root, &target)?;
+                    let id = id.unwrap_or_else(|| c.meta.id.clone());
+                    signal_container(&c, &id, &signal, group).await?;
+                    // As docker's kill: SIGKILL to the container's own process returns once
+                    // the container is gone; any other signal once it is delivered.
+                    let fatal = tether_proto::signal::parse(&signal)? == libc::SIGKILL;
+                    if fatal && id == c.meta.id && !vm_ended(&c, Duration::from_secs(15)) {
+                        bail!("{} still runs 15 s after SIGKILL", c.meta.name);
                     }
+                    return Ok(0);
                 };
-                vch::attach::kill(&h, &id, &signal, group).await?;
+                let h = connect(&l, Duration::from_secs(timeout)).await?;
+                vch::attach::kill(&h, &target, &signal, group).await?;
                 h.disconnect("done").await;
                 Ok(0)
-            })
+            });
         }
         Command::Proxy { listen, timeout } => {
             return run_async(async move {
@@ -405,7 +412,7 @@ fn main() -> ExitCode {
                 "ID", "NAME", "STATUS", "IMAGE"
             );
             for c in all {
-                let status = if c.running() {
+                let status = if c.vm_running() {
                     "running".to_string()
                 } else {
                     match c.exit_status() {
@@ -562,6 +569,24 @@ async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
         spawn_stopper(&c, t)?;
     }
     if detach {
+        // As docker's run -d: back once the process has started (so that a kill or an exec
+        // right after finds it), or with the reason it could not.
+        let started = tokio::task::block_in_place(|| {
+            let mut started = None;
+            wait_until(Duration::from_secs(180), || {
+                started = c.started();
+                started.is_some() || !c.vm_running()
+            });
+            started
+        });
+        match started.as_deref() {
+            Some("true") => {}
+            Some(why) => {
+                eprintln!("vch: {name}: {why}");
+                return Ok(c.exit_status().unwrap_or(125));
+            }
+            None => bail!("{name} did not start: {}", boot_failure(&c)),
+        }
         println!("{id}");
         return Ok(0);
     }
@@ -570,12 +595,15 @@ async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
         return Ok(0); // detached
     };
     // The VM powers off after its primary session; its recorded status is the final word.
-    let ended =
-        tokio::task::block_in_place(|| wait_until(Duration::from_secs(30), || !c.running()));
+    let ended = vm_ended(&c, Duration::from_secs(30));
     if let Some(s) = c.exit_status() {
         status = s;
     }
-    if args.rm && ended {
+    // The state goes once the supervisor has gone too (it may still serve other clients).
+    if args.rm
+        && ended
+        && tokio::task::block_in_place(|| wait_until(Duration::from_secs(70), || !c.running()))
+    {
         let _ = std::fs::remove_dir_all(&c.dir);
     }
     Ok(status)
@@ -642,12 +670,12 @@ fn boot_failure(c: &Container) -> String {
     }
 }
 
-/// The stop signal, then SIGKILL to the process group after `grace`, then QEMU itself.
+/// The stop signal, then SIGKILL to the process group after `grace`, then QEMU itself; returns
+/// as soon as the VM is gone (docker's stop: the timeout only bounds the wait before SIGKILL).
 async fn stop(c: &Container, grace: Duration) -> anyhow::Result<()> {
-    if !c.running() {
+    if !c.vm_running() {
         return Ok(());
     }
-    let h = connect_container(c).await?;
     let id = c.meta.id.clone();
     let sig = c
         .config()
@@ -655,20 +683,34 @@ async fn stop(c: &Container, grace: Duration) -> anyhow::Result<()> {
         .and_then(|cfg| cfg.sessions.get(&id).map(|s| s.stop_signal.clone()))
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "TERM".into());
-    let ended = |limit| tokio::task::block_in_place(|| wait_until(limit, || !c.running()));
-    let _ = vch::attach::kill(&h, &id, &sig, false).await;
-    if ended(grace) {
+    // Each signal on a connection of its own, closed at once: the supervisor stays while it has
+    // clients, and this one must not be among them while it waits for the VM to end.
+    let _ = signal_container(c, &id, &sig, false).await;
+    if vm_ended(c, grace) {
         return Ok(());
     }
-    let _ = vch::attach::kill(&h, &id, "KILL", true).await;
-    h.disconnect("done").await;
-    if ended(Duration::from_secs(15)) {
+    let _ = signal_container(c, &id, "KILL", true).await;
+    if vm_ended(c, Duration::from_secs(15)) {
         return Ok(());
     }
     if let Some(pid) = c.supervisor() {
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     }
+    vm_ended(c, Duration::from_secs(10));
     Ok(())
+}
+
+/// Sends `sig` to session `id` of a running containerVM over a connection of its own.
+async fn signal_container(c: &Container, id: &str, sig: &str, group: bool) -> anyhow::Result<()> {
+    let h = connect_container(c).await?;
+    let sent = vch::attach::kill(&h, id, sig, group).await;
+    h.disconnect("done").await;
+    sent
+}
+
+/// Waits at most `limit` for the VM to end; whether it did.
+fn vm_ended(c: &Container, limit: Duration) -> bool {
+    tokio::task::block_in_place(|| wait_until(limit, || !c.vm_running()))
 }
 
 async fn exec(root: PathBuf, args: ExecArgs) -> anyhow::Result<i32> {

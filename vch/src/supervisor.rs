@@ -97,6 +97,7 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
     vm::check_assets(&assets, c.meta.boot)?;
     let accel = vm::accel(&assets, &state_root().join("accel"));
     let _ = std::fs::remove_file(c.gi_socket());
+    let _ = std::fs::remove_file(c.ended_marker());
     let gi = UnixListener::bind(c.gi_socket())
         .with_context(|| format!("binding {}", c.gi_socket().display()))?;
     serve_guestinfo(c.config_file(), gi);
@@ -164,6 +165,11 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
                 let _ = qemu.start_kill();
                 let _ = qemu.wait().await;
             }
+        }
+        // The container is gone: whoever waits for that (stop, kill) need not wait for the
+        // clients below.
+        if let Err(e) = std::fs::write(c.ended_marker(), b"") {
+            tracing::warn!("writing {}: {e}", c.ended_marker().display());
         }
         // Clients still taking the end of their output get it before this process goes.
         if !clients.wait_gone(CLIENT_GRACE).await {
