@@ -272,6 +272,21 @@ fn exec_into_a_running_container_then_stop_escalates_to_kill() {
         "from-exec NAME=\"tether default image\"\n"
     );
 
+    // PID 1 brought the loopback interface up (IFF_UP | IFF_LOOPBACK | IFF_RUNNING...).
+    let out = host.vch(&[
+        "exec",
+        "busy",
+        "--",
+        "/bin/cat",
+        "/sys/class/net/lo/operstate",
+    ]);
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).trim()),
+        (Some(0), "unknown"),
+        "lo's operstate (down when it is not up): {}",
+        text(&out.stderr)
+    );
+
     // stdin reaches an interactive exec and its EOF ends it.
     let mut child = host
         .cmd(&["exec", "-i", "busy", "--", "/bin/cat"])

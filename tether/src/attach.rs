@@ -149,7 +149,8 @@ impl AsyncWrite for Counted {
     }
 }
 
-/// Opens the attach line: `tcp:HOST:PORT`, `unix:PATH` and `vsock:CID:PORT` connect to the host,
+/// Opens the attach line: `tcp:HOST:PORT` (or a bare `HOST:PORT`), `unix:PATH` and
+/// `vsock:CID:PORT` connect to the host,
 /// `serial:DEVICE` opens a serial port raw.
 async fn open(spec: &str) -> std::io::Result<Box<dyn Line>> {
     let bad = || {
@@ -158,7 +159,7 @@ async fn open(spec: &str) -> std::io::Result<Box<dyn Line>> {
             format!("unknown attach line {spec:?}"),
         )
     };
-    match spec.split_once(':').ok_or_else(bad)? {
+    match tether_proto::addr::split(spec).ok_or_else(bad)? {
         ("tcp", addr) => {
             let s = tokio::net::TcpStream::connect(addr).await?;
             s.set_nodelay(true)?;

@@ -427,7 +427,12 @@ pub fn switch_root_then(settings: &Settings, ready: &crate::gate::Gate) {
         Ok(()) => {
             tracing::debug!("bootstrap: in the container's root");
             let mounts = crate::pid1::mount_all(&crate::pid1::System);
-            for e in mounts.iter().chain(crate::pid1::raise_limits().iter()) {
+            let lo = crate::pid1::loopback_up().err();
+            for e in mounts
+                .iter()
+                .chain(crate::pid1::raise_limits().iter())
+                .chain(lo.iter())
+            {
                 tracing::warn!("setup: {e}");
             }
             tracing::debug!("bootstrap: mounts done");

@@ -188,6 +188,12 @@ impl Mounter for System {
     }
 }
 
+/// Brings the loopback interface up: every container has `lo` (PID 1's duty whatever the
+/// network config; the rest of networking is configured from the config).
+pub fn loopback_up() -> Result<(), String> {
+    crate::sys::ioctl::interface_up("lo").map_err(|e| format!("bringing lo up: {e}"))
+}
+
 /// VIC's limits: open files 1048576; core, locked memory and processes unlimited; the stack's
 /// hard limit unlimited (its soft limit left alone).
 pub fn raise_limits() -> Vec<String> {

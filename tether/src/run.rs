@@ -33,7 +33,7 @@ pub struct RunOptions {
     /// or `auto` (the backdoor on VMware, else COM4, `/dev/ttyS3`, where a QEMU host serves it).
     #[arg(long)]
     pub guestinfo: String,
-    /// The attach line: `tcp:HOST:PORT` or `unix:PATH` (the tether connects to the host, as the
+    /// The attach line: `HOST:PORT`, `tcp:HOST:PORT` or `unix:PATH` (the tether connects to the host, as the
     /// VM's serial port does), or `serial:DEVICE`.
     #[arg(long)]
     pub attach: Option<String>,
@@ -57,7 +57,7 @@ pub struct RunOptions {
 /// Opens the guestinfo transport. Runs before any other thread exists (the backdoor's I/O
 /// permission is inherited only by threads created afterwards).
 pub fn open_guestinfo(spec: &str) -> anyhow::Result<Box<dyn GuestInfo>> {
-    Ok(match spec.split_once(':') {
+    Ok(match tether_proto::addr::split(spec) {
         _ if spec == "backdoor" || spec == "backdoor!" => {
             Box::new(Backdoor::open(spec.ends_with('!'))?)
         }
@@ -223,7 +223,12 @@ pub fn init(cmdline: Option<String>) -> ! {
     };
     let level = logging::init(debug_out);
     std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
-    for e in mount_errors.iter().chain(pid1::raise_limits().iter()) {
+    let lo = pid1::loopback_up().err();
+    for e in mount_errors
+        .iter()
+        .chain(pid1::raise_limits().iter())
+        .chain(lo.iter())
+    {
         tracing::warn!("setup: {e}");
     }
     pid1_main(&boot, level, Root::Ready)

@@ -106,18 +106,29 @@ fn orphans_of_the_namespace_are_reaped_by_pid1() {
     );
 }
 
+/// A connection to a listener on 127.0.0.1: "Network is unreachable" while `lo` is down, as it is
+/// in a new network namespace and in a freshly booted VM.
+const LOOPBACK_CHECK: &str = "perl -MIO::Socket::INET -e '$l = IO::Socket::INET->new(Listen => 1, \
+    LocalAddr => \"127.0.0.1:0\") or die \"listen: $!\\n\"; IO::Socket::INET->new(PeerAddr => \
+    \"127.0.0.1\", PeerPort => $l->sockport) or die \"loopback: $!\\n\"; print \"lo up\\n\"'";
+
 #[test]
 fn init_runs_the_container_and_powers_the_namespace_off() {
-    let h = Harness::new(&config(&[
-        "/bin/sh",
-        "-c",
-        "echo hello from init; test -d /dev/pts",
-    ]));
+    let script = format!("echo hello from init; {LOOPBACK_CHECK}; test -d /dev/pts");
+    let h = Harness::new(&config(&["/bin/sh", "-c", &script]));
+    // A network namespace of its own, whose `lo` starts down: PID 1 brings it up.
     let probe = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount", "--mount-proc", "true"])
+        .args([
+            "--pid",
+            "--fork",
+            "--mount",
+            "--net",
+            "--mount-proc",
+            "true",
+        ])
         .output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: unshare --pid --mount is not allowed here");
+        eprintln!("skipped: unshare --pid --mount --net is not allowed here");
         return;
     }
     let cmdline = format!(
@@ -127,7 +138,7 @@ fn init_runs_the_container_and_powers_the_namespace_off() {
         h.out.display()
     );
     let mut c = Command::new("unshare");
-    c.args(["--pid", "--fork", "--mount", "--mount-proc"])
+    c.args(["--pid", "--fork", "--mount", "--net", "--mount-proc"])
         .arg(tether_bin())
         .args(["init", "--cmdline", &cmdline]);
     let mut child = c.spawn().unwrap();
@@ -139,7 +150,7 @@ fn init_runs_the_container_and_powers_the_namespace_off() {
         "{status:?}\n{}",
         h.debug_text()
     );
-    assert_eq!(h.output(Stream::Stdout), "hello from init\n");
+    assert_eq!(h.output(Stream::Stdout), "hello from init\nlo up\n");
     assert_eq!(h.state().sessions[ID].exit_status, 0);
     assert!(
         h.debug_text().contains("powering off"),

@@ -20,10 +20,10 @@ impl std::str::FromStr for ListenAddr {
     type Err = anyhow::Error;
 
     fn from_str(s: &str) -> anyhow::Result<Self> {
-        match s.split_once(':') {
+        match tether_proto::addr::split(s) {
             Some(("unix", path)) if !path.is_empty() => Ok(ListenAddr::Unix(path.into())),
             Some(("tcp", addr)) if addr.contains(':') => Ok(ListenAddr::Tcp(addr.to_string())),
-            _ => bail!("{s:?}: expected unix:PATH or tcp:HOST:PORT"),
+            _ => bail!("{s:?}: expected HOST:PORT, tcp:HOST:PORT or unix:PATH"),
         }
     }
 }
@@ -81,6 +81,11 @@ mod tests {
         assert_eq!(
             "tcp:127.0.0.1:5000".parse::<ListenAddr>().unwrap(),
             ListenAddr::Tcp("127.0.0.1:5000".into())
+        );
+        // What people type for a TCP address.
+        assert_eq!(
+            "127.0.0.1:2377".parse::<ListenAddr>().unwrap(),
+            ListenAddr::Tcp("127.0.0.1:2377".into())
         );
         for bad in ["", "unix:", "tcp:5000", "serial:/dev/ttyS0", "/tmp/x"] {
             assert!(bad.parse::<ListenAddr>().is_err(), "{bad}");

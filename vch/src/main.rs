@@ -51,7 +51,7 @@ enum Command {
     Attach {
         /// The containerVM.
         container: Option<String>,
-        /// Where a process-mode tether connects: tcp:HOST:PORT or unix:PATH.
+        /// Where a process-mode tether connects: HOST:PORT, tcp:HOST:PORT or unix:PATH.
         #[arg(long)]
         listen: Option<ListenAddr>,
         /// The session or exec (the container's own when absent).
@@ -227,7 +227,7 @@ enum GuestinfoCommand {
         /// The `.vmx`-style file holding the keys; the guest's writes land in it.
         #[arg(long)]
         file: PathBuf,
-        /// unix:PATH or tcp:HOST:PORT
+        /// HOST:PORT, tcp:HOST:PORT or unix:PATH
         #[arg(long)]
         listen: ListenAddr,
     },

@@ -71,7 +71,8 @@ impl Tether {
         let child = Command::new(tether_bin())
             .args(["run", "--guestinfo"])
             .arg(&file)
-            .args(["--attach", &format!("tcp:127.0.0.1:{port}"), "--debug-log"])
+            // A bare HOST:PORT is a TCP address (the bench writes tcp:HOST:PORT).
+            .args(["--attach", &format!("127.0.0.1:{port}"), "--debug-log"])
             .arg(dir.path().join("debug"))
             .args(extra)
             .stdin(Stdio::null())
@@ -121,7 +122,8 @@ fn vch_attach(
         .args([
             "attach",
             "--listen",
-            &format!("tcp:127.0.0.1:{port}"),
+            // What people type; tcp:HOST:PORT elsewhere in these tests.
+            &format!("127.0.0.1:{port}"),
             "--timeout",
             "30",
         ])
@@ -745,7 +747,8 @@ fn vch_kill_group_reaches_the_whole_process_group() {
         .args([
             "kill",
             "--listen",
-            &format!("tcp:127.0.0.1:{port}"),
+            // What people type; tcp:HOST:PORT elsewhere in these tests.
+            &format!("127.0.0.1:{port}"),
             "--timeout",
             "30",
         ])

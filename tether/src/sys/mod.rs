@@ -1,5 +1,5 @@
 //! System calls the tether makes, behind small safe functions. The only `unsafe` is in
-//! [`spawn`] (fork/exec), [`ioctl`] (terminal window size), [`asyncfd`] (runtime registration)
+//! [`spawn`] (fork/exec), [`ioctl`] (terminal window size, interface flags), [`asyncfd`] (runtime registration)
 //! and [`sched`] (a thread's scheduling policy).
 
 pub mod asyncfd;
