@@ -212,6 +212,13 @@ impl Direction {
 
     /// Builds, pads, encrypts and authenticates one packet carrying `payload`.
     pub fn seal(&mut self, seq: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.seal_into(seq, payload, &mut out);
+        out
+    }
+
+    /// [`Self::seal`], appending the packet to `out` (the writer's batch: no buffer of its own).
+    pub fn seal_into(&mut self, seq: u32, payload: &[u8], out: &mut Vec<u8>) {
         let block = self.block();
         let counted = if self.length_apart() {
             1 + payload.len()
@@ -223,29 +230,30 @@ impl Direction {
             pad += block;
         }
         let len = 1 + payload.len() + pad;
-        let mut buf = Vec::with_capacity(4 + len + self.tag_len());
-        buf.extend_from_slice(&(len as u32).to_be_bytes());
-        buf.push(pad as u8);
-        buf.extend_from_slice(payload);
-        let start = buf.len();
-        buf.resize(start + pad, 0);
-        super::random(&mut buf[start..]);
-        match &mut self.engine {
-            Engine::None => {}
+        let base = out.len();
+        out.reserve(4 + len + self.tag_len());
+        out.extend_from_slice(&(len as u32).to_be_bytes());
+        out.push(pad as u8);
+        out.extend_from_slice(payload);
+        let start = out.len();
+        out.resize(start + pad, 0);
+        super::random_padding(&mut out[start..]);
+        let buf = &mut out[base..];
+        let tag = match &mut self.engine {
+            Engine::None => None,
             Engine::Ctr128(_) | Engine::Ctr256(_) => {
                 if self.etm {
                     let (_, body) = buf.split_at_mut(4);
                     self.ctr(body);
-                    let tag = self.mac.compute(seq, &buf);
-                    buf.extend_from_slice(&tag);
+                    Some(self.mac.compute(seq, buf))
                 } else {
-                    let tag = self.mac.compute(seq, &buf);
-                    self.ctr(&mut buf);
-                    buf.extend_from_slice(&tag);
+                    let tag = self.mac.compute(seq, buf);
+                    self.ctr(buf);
+                    Some(tag)
                 }
             }
-            Engine::Gcm128(aead, nonce) => gcm_seal(&**aead, nonce, &mut buf),
-            Engine::Gcm256(aead, nonce) => gcm_seal(&**aead, nonce, &mut buf),
+            Engine::Gcm128(aead, nonce) => Some(gcm_seal(&**aead, nonce, buf)),
+            Engine::Gcm256(aead, nonce) => Some(gcm_seal(&**aead, nonce, buf)),
             Engine::ChaCha { main, header } => {
                 let nonce = u64::from(seq).to_be_bytes();
                 chacha20::ChaCha20Legacy::new(&(*header).into(), &nonce.into())
@@ -255,11 +263,12 @@ impl Direction {
                 c.apply_keystream(&mut poly_key);
                 c.seek(64u64);
                 c.apply_keystream(&mut buf[4..]);
-                let tag = poly1305_tag(&poly_key, &buf);
-                buf.extend_from_slice(&tag);
+                Some(poly1305_tag(&poly_key, buf).to_vec())
             }
+        };
+        if let Some(tag) = tag {
+            out.extend_from_slice(&tag);
         }
-        buf
     }
 
     /// How many bytes to read before the packet's length can be known.
@@ -350,16 +359,16 @@ impl Direction {
 }
 
 /// AES-GCM (RFC 5647): the length is the associated data, the rest is encrypted, the tag follows.
-fn gcm_seal<A>(aead: &A, nonce: &mut [u8; 12], buf: &mut Vec<u8>)
+fn gcm_seal<A>(aead: &A, nonce: &mut [u8; 12], packet: &mut [u8]) -> Vec<u8>
 where
     A: aes_gcm::aead::AeadInOut<NonceSize = aes_gcm::aead::consts::U12>,
 {
-    let (aad, body) = buf.split_at_mut(4);
+    let (aad, body) = packet.split_at_mut(4);
     let tag = aead
         .encrypt_inout_detached(&(*nonce).into(), aad, body.into())
         .expect("GCM encrypts any packet size we make");
     increment(nonce);
-    buf.extend_from_slice(&tag);
+    tag.to_vec()
 }
 
 /// Checks and decrypts a GCM packet whose tag starts at `body_end`.

@@ -30,6 +30,29 @@ pub fn random(buf: &mut [u8]) {
     getrandom::fill(buf).expect("the operating system's random source failed");
 }
 
+/// Random bytes for packet padding: the operating system's, drawn 4 KiB at a time (a packet
+/// takes 4 to 19; one system call per packet was a fifth of a bulk transfer's system calls).
+pub fn random_padding(buf: &mut [u8]) {
+    use std::cell::RefCell;
+    const POOL: usize = 4096;
+    thread_local! {
+        static POOL_BYTES: RefCell<(Vec<u8>, usize)> = const { RefCell::new((Vec::new(), 0)) };
+    }
+    if buf.len() > POOL {
+        return random(buf);
+    }
+    POOL_BYTES.with_borrow_mut(|(pool, used)| {
+        if pool.len() - *used < buf.len() {
+            pool.resize(POOL, 0);
+            random(pool);
+            *used = 0;
+        }
+        // Each byte serves once.
+        buf.copy_from_slice(&pool[*used..*used + buf.len()]);
+        *used += buf.len();
+    });
+}
+
 /// Our identification string.
 pub const VERSION: &str = concat!("SSH-2.0-tether_", env!("CARGO_PKG_VERSION"));
 
@@ -284,6 +307,25 @@ pub(crate) enum Command {
     Disconnect(String),
 }
 
+/// Data handed to the connection by [`Handle::queue_data`], until it is on its way.
+pub struct Queued(oneshot::Receiver<()>);
+
+impl Queued {
+    /// Whether it is on its way already (without waiting); an error once the connection is gone.
+    pub fn is_sent(&mut self) -> Result<bool, SshError> {
+        match self.0.try_recv() {
+            Ok(()) => Ok(true),
+            Err(oneshot::error::TryRecvError::Empty) => Ok(false),
+            Err(oneshot::error::TryRecvError::Closed) => Err(SshError::Closed),
+        }
+    }
+
+    /// Waits until it is on its way (the peer's window may hold it).
+    pub async fn sent(self) -> Result<(), SshError> {
+        self.0.await.map_err(|_| SshError::Closed)
+    }
+}
+
 /// Sends on a connection. Cheap to clone; every method fails with [`SshError::Closed`] once the
 /// connection is gone.
 #[derive(Clone)]
@@ -304,6 +346,18 @@ impl Handle {
         ext: Option<u32>,
         data: Vec<u8>,
     ) -> Result<(), SshError> {
+        self.queue_data(ch, ext, data).await?.sent().await
+    }
+
+    /// Queues data (extended data with `ext`) behind what is queued already and returns at once;
+    /// the future it gives resolves when the data is on its way. A sender that keeps a few chunks
+    /// queued lets the connection pack them into full packets.
+    pub async fn queue_data(
+        &self,
+        ch: ChannelId,
+        ext: Option<u32>,
+        data: Vec<u8>,
+    ) -> Result<Queued, SshError> {
         let (done, wait) = oneshot::channel();
         self.send(Command::Data {
             ch: ch.0,
@@ -312,7 +366,7 @@ impl Handle {
             done,
         })
         .await?;
-        wait.await.map_err(|_| SshError::Closed)
+        Ok(Queued(wait))
     }
 
     /// EOF after the data queued before it.

@@ -76,11 +76,16 @@ pub enum Out {
 /// One received packet's payload and its sequence number.
 pub type Incoming = Result<(u32, Vec<u8>), SshError>;
 
+/// How much the reader takes from the stream at once: a bulk transfer's packets (up to 32 KiB
+/// and their headers) in a few system calls instead of two a packet.
+const READ_BUFFER: usize = 64 * 1024;
+
 pub async fn reader<S: AsyncRead + Send + 'static>(
-    mut r: ReadHalf<S>,
+    r: ReadHalf<S>,
     tx: mpsc::Sender<Incoming>,
     mut keys: mpsc::UnboundedReceiver<KeysIn>,
 ) {
+    let mut r = tokio::io::BufReader::with_capacity(READ_BUFFER, r);
     let mut dir = Direction::none();
     let mut seq: u32 = 0;
     loop {
@@ -105,20 +110,22 @@ pub async fn reader<S: AsyncRead + Send + 'static>(
     }
 }
 
-async fn read_packet<S: AsyncRead>(
-    r: &mut ReadHalf<S>,
+async fn read_packet<R: AsyncRead + Unpin>(
+    r: &mut R,
     dir: &mut Direction,
     seq: u32,
 ) -> Result<Vec<u8>, SshError> {
     let first = dir.first_len();
-    let mut buf = vec![0u8; first];
-    if let Err(e) = r.read_exact(&mut buf).await {
+    let mut head = [0u8; 16];
+    if let Err(e) = r.read_exact(&mut head[..first]).await {
         return Err(match e.kind() {
             std::io::ErrorKind::UnexpectedEof => SshError::Closed,
             _ => SshError::Io(e),
         });
     }
-    let more = dir.packet_length(seq, &mut buf)?;
+    let more = dir.packet_length(seq, &mut head[..first])?;
+    let mut buf = Vec::with_capacity(first + more);
+    buf.extend_from_slice(&head[..first]);
     buf.resize(first + more, 0);
     r.read_exact(&mut buf[first..])
         .await
@@ -156,7 +163,7 @@ pub async fn writer<S: AsyncWrite + Send + 'static>(
                         len = p.len(),
                         "ssh: sending"
                     );
-                    batch.extend_from_slice(&dir.seal(seq, &p));
+                    dir.seal_into(seq, &p, &mut batch);
                     seq = seq.wrapping_add(1);
                 }
                 Out::NewKeys { dir: d, reset_seq } => {
