@@ -1143,39 +1143,60 @@ impl<H: Handler> Conn<H> {
     }
 
     /// Sends what the peer's window allows of a channel's queue, then EOF/CLOSE when asked for.
+    /// Queued chunks of the same stream share a packet, up to the packet size.
     async fn pump(&mut self, id: u32) -> Result<(), SshError> {
         let mut packets = Vec::new();
         if let Some(ch) = self.channels.get_mut(&id) {
             if ch.opening.is_some() || ch.confirming || ch.sent_close {
                 return Ok(());
             }
-            while let Some(p) = ch.queue.front_mut() {
-                let max = (ch.remote_max.max(1) as usize).min(32 * 1024);
+            let max = (ch.remote_max.max(1) as usize).min(32 * 1024);
+            while let Some(ext) = ch.queue.front().map(|p| p.ext) {
+                // The chunks (or parts) that go in this packet: the same stream, in order, as
+                // much as the peer's window and the packet size allow.
                 let room = ch.remote_window.min(max as u64) as usize;
-                if room == 0 && p.sent < p.data.len() {
-                    break;
+                let mut take = 0usize;
+                let mut parts = 0usize;
+                for p in ch.queue.iter().take_while(|p| p.ext == ext) {
+                    if take == room {
+                        break;
+                    }
+                    take += (p.data.len() - p.sent).min(room - take);
+                    parts += 1;
                 }
-                let end = (p.sent + room).min(p.data.len());
-                if end > p.sent {
-                    let mut w = Writer::msg(if p.ext.is_some() {
+                if take > 0 {
+                    let mut buf = Vec::with_capacity(13 + take);
+                    buf.push(if ext.is_some() {
                         msg::CHANNEL_EXTENDED_DATA
                     } else {
                         msg::CHANNEL_DATA
                     });
+                    let mut w = Writer(buf);
                     w.u32(ch.remote);
-                    if let Some(code) = p.ext {
+                    if let Some(code) = ext {
                         w.u32(code);
                     }
-                    w.string(&p.data[p.sent..end]);
+                    w.u32(take as u32);
+                    let mut left = take;
+                    for p in ch.queue.iter_mut().take(parts) {
+                        let n = (p.data.len() - p.sent).min(left);
+                        w.raw(&p.data[p.sent..p.sent + n]);
+                        p.sent += n;
+                        left -= n;
+                    }
                     packets.push(w.finish());
-                    ch.remote_window -= (end - p.sent) as u64;
-                    p.sent = end;
+                    ch.remote_window -= take as u64;
                 }
-                if p.sent == p.data.len() {
-                    if let Some(done) = p.done.take() {
+                // Chunks sent whole are done; an empty one is done at once.
+                let mut progressed = take > 0;
+                while ch.queue.front().is_some_and(|p| p.sent == p.data.len()) {
+                    if let Some(done) = ch.queue.pop_front().and_then(|mut p| p.done.take()) {
                         let _ = done.send(());
                     }
-                    ch.queue.pop_front();
+                    progressed = true;
+                }
+                if !progressed {
+                    break;
                 }
             }
             if ch.queue.is_empty() {

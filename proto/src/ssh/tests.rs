@@ -295,6 +295,89 @@ async fn a_peer_that_does_not_consume_stops_the_sender_at_the_window() {
     );
 }
 
+/// A server that records each packet's data as it comes (its stream and length) and gives the
+/// window back only when the test says so.
+struct Packets {
+    handle: Arc<Mutex<Option<(Handle, ChannelId)>>>,
+    got: Arc<Mutex<Vec<(Option<u32>, Vec<u8>)>>>,
+}
+
+impl Handler for Packets {
+    fn connected(&mut self, handle: Handle) {
+        *self.handle.lock().unwrap() = Some((handle, ChannelId(0)));
+    }
+    fn auth_none(&mut self, _: &str) -> bool {
+        true
+    }
+    fn channel_open(&mut self, ch: ChannelId, _: &str, _: &[u8]) -> Result<(), OpenFailure> {
+        if let Some((_, c)) = self.handle.lock().unwrap().as_mut() {
+            *c = ch;
+        }
+        Ok(())
+    }
+    fn data(&mut self, _: ChannelId, d: &[u8]) -> bool {
+        self.got.lock().unwrap().push((None, d.to_vec()));
+        false
+    }
+    fn extended_data(&mut self, _: ChannelId, code: u32, d: &[u8]) -> bool {
+        self.got.lock().unwrap().push((Some(code), d.to_vec()));
+        false
+    }
+}
+
+#[tokio::test]
+async fn chunks_queued_behind_a_closed_window_go_out_packed_by_stream_in_order() {
+    let (a, b) = tokio::io::duplex(1 << 20);
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let server_handle = Arc::new(Mutex::new(None));
+    let mut server = ServerConfig::new(vec![PrivateKey::generate_ed25519()]);
+    server.limits.window = 1000;
+    tokio::spawn(serve(
+        b,
+        Arc::new(server),
+        Packets {
+            handle: server_handle.clone(),
+            got: got.clone(),
+        },
+    ));
+    let (h, _task) = connect(a, ClientConfig::new("x"), NoHandler).await.unwrap();
+    let ch = h.open("any", Vec::new()).await.unwrap().unwrap();
+    // The first chunk fills the window; the others wait in the connection.
+    let mut queued = Vec::new();
+    let mut want: Vec<(Option<u32>, Vec<u8>)> = Vec::new();
+    for (i, (ext, len)) in [(None, 1000); 10]
+        .into_iter()
+        .chain([(Some(1), 500); 3])
+        .chain([(None, 1000); 2])
+        .enumerate()
+    {
+        let chunk = vec![i as u8; len];
+        want.push((ext, chunk.clone()));
+        queued.push(h.queue_data(ch.id, ext, chunk).await.unwrap());
+    }
+    // A request behind the data: its reply means the first packet is through.
+    assert!(!ch.request("mark", true, Vec::new()).await.unwrap());
+    assert_eq!(got.lock().unwrap().len(), 1, "one window's worth went");
+    let (server, id) = server_handle.lock().unwrap().clone().unwrap();
+    server.adjust_window(id, 100_000).await.unwrap();
+    for q in queued {
+        q.sent().await.unwrap();
+    }
+    assert!(!ch.request("mark", true, Vec::new()).await.unwrap());
+    let got = got.lock().unwrap().clone();
+    let shape: Vec<(Option<u32>, usize)> = got.iter().map(|(e, d)| (*e, d.len())).collect();
+    assert_eq!(
+        shape,
+        [(None, 1000), (None, 9000), (Some(1), 1500), (None, 2000)],
+        "one packet per run of a stream"
+    );
+    let join = |v: &[(Option<u32>, Vec<u8>)], e: Option<u32>| -> Vec<u8> {
+        v.iter().filter(|(x, _)| *x == e).flat_map(|(_, d)| d.clone()).collect()
+    };
+    assert_eq!(join(&got, None), join(&want, None), "stdout whole, in order");
+    assert_eq!(join(&got, Some(1)), join(&want, Some(1)), "stderr whole, in order");
+}
+
 #[tokio::test]
 async fn garbage_from_the_peer_is_a_clean_error() {
     use tokio::io::AsyncWriteExt as _;
