@@ -10,6 +10,7 @@ use tether_proto::ssh::{self, wire, ChannelEvent, ClientConfig, Handle};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use crate::guestinfo_server::ListenAddr;
+use crate::output::Fd;
 
 /// How long to wait for the tether to connect and answer the handshake.
 pub const CONNECT_DEADLINE: Duration = Duration::from_secs(60);
@@ -90,9 +91,10 @@ impl Listening {
     }
 }
 
-/// A tether's TCP line. QEMU's COM1 sends a byte at a time with Nagle on. The host acks at once (TCP_QUICKACK
-/// before every read; Linux clears it), so a small reply costs well under a millisecond, not the
-/// 40 ms of a delayed ack.
+/// A tether's TCP line. QEMU's COM1 sends a byte at a time with Nagle on. The host acks at once
+/// (TCP_QUICKACK each time it is about to wait for data; Linux clears it), so a small reply costs
+/// well under a millisecond, not the 40 ms of a delayed ack. While data keeps coming, reads do
+/// not wait and no system call is added to them.
 pub struct QuickAck(pub tokio::net::TcpStream);
 
 impl tokio::io::AsyncRead for QuickAck {
@@ -101,8 +103,11 @@ impl tokio::io::AsyncRead for QuickAck {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+        let polled = std::pin::Pin::new(&mut self.0).poll_read(cx, buf);
+        if polled.is_pending() {
+            let _ = socket2::SockRef::from(&self.0).set_tcp_quickack(true);
+        }
+        polled
     }
 }
 
@@ -222,28 +227,36 @@ pub async fn attach(h: &Handle, opts: &AttachOptions) -> anyhow::Result<Option<i
     } else {
         None
     };
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
+    let output = crate::output::Output::start().context("standard output")?;
     let mut status = None;
+    let mut relayed = Ok(());
     while let Some(ev) = ch.recv().await {
-        match ev {
-            ChannelEvent::Data(d) => {
-                stdout.write_all(&d).await?;
-                stdout.flush().await?;
+        relayed = match ev {
+            ChannelEvent::Data(d) => output.write(Fd::Stdout, d).await,
+            ChannelEvent::ExtendedData(_, d) => output.write(Fd::Stderr, d).await,
+            ChannelEvent::Request { name, data } => {
+                status = exit_status(&name, &data).or(status);
+                Ok(())
             }
-            ChannelEvent::ExtendedData(_, d) => {
-                stderr.write_all(&d).await?;
-                stderr.flush().await?;
-            }
-            ChannelEvent::Request { name, data } => status = exit_status(&name, &data).or(status),
-            ChannelEvent::Eof => {}
+            ChannelEvent::Eof => Ok(()),
             ChannelEvent::Closed => break,
+        };
+        if relayed.is_err() {
+            break;
         }
     }
+    // Everything received is written before the status is given (the process exits then).
+    let written = tokio::task::spawn_blocking(move || output.finish())
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
     input.abort();
     if let Some(w) = winch {
         w.abort();
     }
+    relayed
+        .and(written)
+        .context("writing the session's output")?;
     if detached.load(std::sync::atomic::Ordering::SeqCst) {
         return Ok(None);
     }

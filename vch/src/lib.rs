@@ -6,6 +6,7 @@ pub mod front;
 pub mod guestinfo_server;
 pub mod image;
 pub mod logs;
+pub mod output;
 pub mod qcow2;
 pub mod supervisor;
 pub mod sys;

@@ -256,8 +256,9 @@ async fn connect_container(c: &Container) -> anyhow::Result<tether_proto::ssh::H
 
 /// Runs `f` on a runtime; its value is the exit status, an error is one line and status 125.
 fn run_async(f: impl std::future::Future<Output = anyhow::Result<i32>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread: a relay's steps hand work to each other on it without waking other threads
+    // (stdout has a thread of its own, stdin tokio's blocking pool).
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -370,7 +371,7 @@ fn main() -> ExitCode {
                     // As docker's kill: SIGKILL to the container's own process returns once
                     // the container is gone; any other signal once it is delivered.
                     let fatal = tether_proto::signal::parse(&signal)? == libc::SIGKILL;
-                    if fatal && id == c.meta.id && !vm_ended(&c, Duration::from_secs(15)) {
+                    if fatal && id == c.meta.id && !vm_ended(&c, Duration::from_secs(15)).await {
                         bail!("{} still runs 15 s after SIGKILL", c.meta.name);
                     }
                     return Ok(0);
@@ -479,6 +480,18 @@ fn default_image() -> PathBuf {
 
 /// Polls `done` every 5 ms (a stat: cheap, and `vch run` waits on it for the container's start)
 /// until it holds or `limit` passes; whether it held.
+async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// [`wait_for`] outside a runtime.
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
     let start = Instant::now();
     while !done() {
@@ -552,15 +565,14 @@ async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
     vch::vm::check_assets(&vch::vm::assets_dir(), meta.boot)?;
     let c = Container::create(&root, meta, &executor_config(&id, &name, &spec))?;
     start_supervisor(&c)?;
-    let booted = tokio::task::block_in_place(|| {
-        wait_until(Duration::from_secs(180), || {
-            c.ctl_socket().exists() || !c.running()
-        })
-    });
+    let booted = wait_for(Duration::from_secs(180), || {
+        c.ctl_socket().exists() || !c.running()
+    })
+    .await;
     if !booted || !c.ctl_socket().exists() {
         let why = boot_failure(&c);
         if args.rm {
-            tokio::task::block_in_place(|| wait_until(Duration::from_secs(10), || !c.running()));
+            wait_for(Duration::from_secs(10), || !c.running()).await;
             let _ = std::fs::remove_dir_all(&c.dir);
         }
         bail!("{name} did not start: {why}");
@@ -571,14 +583,12 @@ async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
     if detach {
         // As docker's run -d: back once the process has started (so that a kill or an exec
         // right after finds it), or with the reason it could not.
-        let started = tokio::task::block_in_place(|| {
-            let mut started = None;
-            wait_until(Duration::from_secs(180), || {
-                started = c.started();
-                started.is_some() || !c.vm_running()
-            });
-            started
-        });
+        let mut started = None;
+        wait_for(Duration::from_secs(180), || {
+            started = c.started();
+            started.is_some() || !c.vm_running()
+        })
+        .await;
         match started.as_deref() {
             Some("true") => {}
             Some(why) => {
@@ -595,15 +605,12 @@ async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
         return Ok(0); // detached
     };
     // The VM powers off after its primary session; its recorded status is the final word.
-    let ended = vm_ended(&c, Duration::from_secs(30));
+    let ended = vm_ended(&c, Duration::from_secs(30)).await;
     if let Some(s) = c.exit_status() {
         status = s;
     }
     // The state goes once the supervisor has gone too (it may still serve other clients).
-    if args.rm
-        && ended
-        && tokio::task::block_in_place(|| wait_until(Duration::from_secs(70), || !c.running()))
-    {
+    if args.rm && ended && wait_for(Duration::from_secs(70), || !c.running()).await {
         let _ = std::fs::remove_dir_all(&c.dir);
     }
     Ok(status)
@@ -686,17 +693,17 @@ async fn stop(c: &Container, grace: Duration) -> anyhow::Result<()> {
     // Each signal on a connection of its own, closed at once: the supervisor stays while it has
     // clients, and this one must not be among them while it waits for the VM to end.
     let _ = signal_container(c, &id, &sig, false).await;
-    if vm_ended(c, grace) {
+    if vm_ended(c, grace).await {
         return Ok(());
     }
     let _ = signal_container(c, &id, "KILL", true).await;
-    if vm_ended(c, Duration::from_secs(15)) {
+    if vm_ended(c, Duration::from_secs(15)).await {
         return Ok(());
     }
     if let Some(pid) = c.supervisor() {
         let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
     }
-    vm_ended(c, Duration::from_secs(10));
+    vm_ended(c, Duration::from_secs(10)).await;
     Ok(())
 }
 
@@ -709,8 +716,8 @@ async fn signal_container(c: &Container, id: &str, sig: &str, group: bool) -> an
 }
 
 /// Waits at most `limit` for the VM to end; whether it did.
-fn vm_ended(c: &Container, limit: Duration) -> bool {
-    tokio::task::block_in_place(|| wait_until(limit, || !c.vm_running()))
+async fn vm_ended(c: &Container, limit: Duration) -> bool {
+    wait_for(limit, || !c.vm_running()).await
 }
 
 async fn exec(root: PathBuf, args: ExecArgs) -> anyhow::Result<i32> {
