@@ -1,4 +1,5 @@
-//! `tether-bench TETHER`: session start-up, exec latency and memory of the tether in process mode,
+//! `tether-bench TETHER VCH`: session start-up, exec latency, memory and attach throughput of the
+//! tether in process mode (the last through the `vch` binary, as a user runs it),
 //! each against a baseline measured in the same run (these machines are noisy).
 
 use std::path::{Path, PathBuf};
@@ -13,8 +14,6 @@ use tether_proto::iolog;
 
 const ID: &str = "bench";
 
-/// OpenSSH's figure for the default cipher, the baseline of the attach throughput.
-static OPENSSH_CHACHA: std::sync::Mutex<Option<f64>> = std::sync::Mutex::new(None);
 const RUNS: usize = 30;
 
 fn now_nanos() -> u128 {
@@ -162,43 +161,6 @@ fn exec_latency_and_rss(tether: &Path, dir: &Path) -> anyhow::Result<(Vec<f64>, 
     Ok((latencies, rss))
 }
 
-/// Seconds for OpenSSH's client to pull `bytes` of `head -c` output from the server on `port`.
-fn pull(port: u16, key: &Path, cipher: &str, bytes: u64) -> anyhow::Result<f64> {
-    let t0 = Instant::now();
-    let status = Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-T",
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args([
-            "-o",
-            "BatchMode=yes",
-            "-o",
-            "LogLevel=ERROR",
-            "-c",
-            cipher,
-            "-i",
-        ])
-        .arg(key)
-        .args([
-            "-p",
-            &port.to_string(),
-            "root@127.0.0.1",
-            &format!("head -c {bytes} /dev/zero"),
-        ])
-        .stdout(Stdio::null())
-        .status()?;
-    if !status.success() {
-        bail!("ssh to port {port} failed: {status}");
-    }
-    Ok(t0.elapsed().as_secs_f64())
-}
-
 /// A tether in process mode with `primary` attached over TCP loopback; `f` gets the channel
 /// right after `unblock`.
 fn with_attached<T>(
@@ -212,8 +174,8 @@ fn with_attached<T>(
     c.sessions.insert(ID.into(), primary);
     let cfg = dir.join("attach.vmx");
     VmxFile::create(&cfg, c.encode().into_iter().collect::<KeyValues>())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One thread, as `vch` runs.
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -250,11 +212,15 @@ fn attach_throughput(tether: &Path, dir: &Path) -> anyhow::Result<f64> {
     let mut s = session(&["head", "-c", &BYTES.to_string(), "/dev/zero"]);
     s.run_block = true;
     with_attached(tether, dir, s, async |ch, _| {
-        let t0 = Instant::now();
+        // From the first byte, as the user's path is timed.
+        let mut t0 = None;
         let mut got = 0usize;
         while let Some(ev) = ch.recv().await {
             match ev {
-                tether_proto::ssh::ChannelEvent::Data(d) => got += d.len(),
+                tether_proto::ssh::ChannelEvent::Data(d) => {
+                    t0.get_or_insert_with(Instant::now);
+                    got += d.len()
+                }
                 tether_proto::ssh::ChannelEvent::Closed => break,
                 _ => {}
             }
@@ -262,6 +228,7 @@ fn attach_throughput(tether: &Path, dir: &Path) -> anyhow::Result<f64> {
         if got != BYTES {
             bail!("received {got} of {BYTES} bytes");
         }
+        let t0 = t0.context("no output")?;
         Ok(BYTES as f64 / 1e6 / t0.elapsed().as_secs_f64())
     })
 }
@@ -302,52 +269,138 @@ fn echo_latency(tether: &Path, dir: &Path) -> anyhow::Result<(Vec<f64>, u64)> {
     })
 }
 
-/// Our SSH server against OpenSSH's sshd, each sending 256 MiB to OpenSSH's client.
-fn ssh_throughput(dir: &Path) -> anyhow::Result<()> {
-    use tether_proto::ssh::{self, exec_server::ExecServer, PrivateKey, PublicKey, ServerConfig};
-    let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
-        .into_iter()
-        .find(|p| Path::new(p).exists());
-    let Some(sshd) = sshd else {
-        println!("ssh throughput: skipped (OpenSSH's sshd is not installed)");
-        return Ok(());
-    };
-    let key = dir.join("user");
-    let host = dir.join("host");
-    for k in [&key, &host] {
-        Command::new("ssh-keygen")
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(k)
-            .status()?;
+/// OpenSSH's sshd on a loopback port with a key of its own, and the client key it takes.
+struct OpenSsh {
+    daemon: std::process::Child,
+    port: u16,
+    key: PathBuf,
+    public: String,
+}
+
+impl OpenSsh {
+    /// `None` (said) where sshd is not installed.
+    fn start(dir: &Path) -> anyhow::Result<Option<Self>> {
+        let sshd = ["/usr/sbin/sshd", "/usr/bin/sshd"]
+            .into_iter()
+            .find(|p| Path::new(p).exists());
+        let Some(sshd) = sshd else {
+            println!("OpenSSH figures: skipped (OpenSSH's sshd is not installed)");
+            return Ok(None);
+        };
+        let key = dir.join("user");
+        let host = dir.join("host");
+        for k in [&key, &host] {
+            Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(k)
+                .status()?;
+        }
+        let public = std::fs::read_to_string(key.with_extension("pub"))?;
+        std::fs::write(dir.join("authorized_keys"), &public)?;
+        let port = free_port()?;
+        std::fs::write(
+            dir.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nUsePAM no\nStrictModes no\n\
+                 PidFile none\nPermitRootLogin yes\nPasswordAuthentication no\nLogLevel ERROR\n",
+                host.display(),
+                dir.join("authorized_keys").display()
+            ),
+        )?;
+        std::fs::create_dir_all("/run/sshd").ok();
+        let daemon = Command::new(sshd)
+            .args(["-D", "-e", "-f"])
+            .arg(dir.join("sshd_config"))
+            .stderr(Stdio::null())
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("sshd did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(Some(Self {
+            daemon,
+            port,
+            key,
+            public,
+        }))
     }
-    let public = std::fs::read_to_string(key.with_extension("pub"))?;
-    std::fs::write(dir.join("authorized_keys"), &public)?;
-    let free_port = || -> anyhow::Result<u16> {
-        Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port())
-    };
-    let sshd_port = free_port()?;
-    std::fs::write(
-        dir.join("sshd_config"),
-        format!(
-            "Port {sshd_port}\nListenAddress 127.0.0.1\nHostKey {}\nAuthorizedKeysFile {}\nUsePAM no\nStrictModes no\n\
-             PidFile none\nPermitRootLogin yes\nPasswordAuthentication no\nLogLevel ERROR\n",
-            host.display(),
-            dir.join("authorized_keys").display()
-        ),
-    )?;
-    std::fs::create_dir_all("/run/sshd").ok();
-    let mut daemon = Command::new(sshd)
-        .args(["-D", "-e", "-f"])
-        .arg(dir.join("sshd_config"))
-        .stderr(Stdio::null())
-        .spawn()?;
+
+    /// OpenSSH's client pulling `bytes` of `head -c` output from the server on `port`, its
+    /// stdout a pipe this process reads.
+    fn client(&self, port: u16, cipher: &str, bytes: u64) -> Command {
+        let mut c = Command::new("ssh");
+        c.args([
+            "-F",
+            "/dev/null",
+            "-T",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "-c",
+            cipher,
+            "-i",
+        ])
+        .arg(&self.key)
+        .args([
+            "-p",
+            &port.to_string(),
+            "root@127.0.0.1",
+            &format!("head -c {bytes} /dev/zero"),
+        ]);
+        c
+    }
+}
+
+impl Drop for OpenSsh {
+    fn drop(&mut self) {
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// Reads `child`'s stdout (a pipe) to its end, as a user's next command in a pipeline would;
+/// bytes per second from the first byte to the end (the connection's set-up left out, for
+/// either side), and how many bytes came.
+fn pipe_rate(mut child: std::process::Child) -> anyhow::Result<(f64, u64)> {
+    use std::io::Read as _;
+    let mut out = child.stdout.take().context("stdout is a pipe")?;
+    let mut buf = vec![0u8; 128 * 1024];
+    let (mut got, mut first) = (0u64, None);
+    loop {
+        let n = out.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        first.get_or_insert_with(Instant::now);
+        got += n as u64;
+    }
+    let status = child.wait()?;
+    let first = first.with_context(|| format!("nothing came through the pipe ({status})"))?;
+    Ok((got as f64 / first.elapsed().as_secs_f64().max(1e-9), got))
+}
+
+/// Our SSH server against OpenSSH's sshd, each sending 256 MiB to OpenSSH's client.
+fn ssh_throughput(openssh: &OpenSsh) -> anyhow::Result<()> {
+    use tether_proto::ssh::{self, exec_server::ExecServer, PrivateKey, PublicKey, ServerConfig};
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let allowed = PublicKey::from_openssh(&public)?;
+    let allowed = PublicKey::from_openssh(&openssh.public)?;
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))?;
     let our_port = listener.local_addr()?.port();
     let config = std::sync::Arc::new(ServerConfig::new(vec![PrivateKey::generate_ed25519()]));
@@ -359,14 +412,18 @@ fn ssh_throughput(dir: &Path) -> anyhow::Result<()> {
             );
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", sshd_port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("sshd did not start");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
     const BYTES: u64 = 256 << 20;
+    let pull = |port: u16, cipher: &str| -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        let status = openssh
+            .client(port, cipher, BYTES)
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("ssh to port {port} failed: {status}");
+        }
+        Ok(BYTES as f64 / 1e6 / t0.elapsed().as_secs_f64())
+    };
     for cipher in [
         "chacha20-poly1305@openssh.com",
         "aes128-gcm@openssh.com",
@@ -374,18 +431,103 @@ fn ssh_throughput(dir: &Path) -> anyhow::Result<()> {
     ] {
         let (mut ours, mut theirs) = (Vec::new(), Vec::new());
         for _ in 0..3 {
-            ours.push(BYTES as f64 / 1e6 / pull(our_port, &key, cipher, BYTES)?);
-            theirs.push(BYTES as f64 / 1e6 / pull(sshd_port, &key, cipher, BYTES)?);
+            ours.push(pull(our_port, cipher)?);
+            theirs.push(pull(openssh.port, cipher)?);
         }
         let (o, t) = (median(ours), median(theirs));
-        println!("ssh 256 MiB to OpenSSH's client, {cipher}: ours {o:.0} MB/s, OpenSSH sshd {t:.0} MB/s, ratio {:.2} (target >= 1.0)", o / t);
-        if cipher.starts_with("chacha20") {
-            *OPENSSH_CHACHA.lock().unwrap_or_else(|p| p.into_inner()) = Some(t);
-        }
+        println!("ssh 256 MiB to OpenSSH's client (into /dev/null), {cipher}: ours {o:.0} MB/s, OpenSSH sshd {t:.0} MB/s, ratio {:.2} (target >= 1.0)", o / t);
     }
-    let _ = daemon.kill();
-    let _ = daemon.wait();
     Ok(())
+}
+
+/// The attach path as a user runs it: `vch attach` (the binary) into a pipe, from the shipped
+/// tether in process mode over TCP loopback, against OpenSSH's client into the same kind of pipe
+/// (sshd, chacha20-poly1305, the same bytes), interleaved run by run; and the in-process client
+/// (no `vch` process, no pipe), the former headline, meant as a ceiling (it no longer is one:
+/// `vch` writes the pipe on a thread beside the connection, the in-process client counts on the
+/// connection's own).
+fn user_path(
+    tether: &Path,
+    vch: &Path,
+    dir: &Path,
+    openssh: Option<&OpenSsh>,
+) -> anyhow::Result<()> {
+    const BYTES: u64 = 256 << 20;
+    let (mut ours, mut theirs, mut ceiling) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        ours.push(vch_attach_rate(tether, vch, dir, BYTES)?);
+        if let Some(o) = openssh {
+            let child = o
+                .client(o.port, "chacha20-poly1305@openssh.com", BYTES)
+                .stdout(Stdio::piped())
+                .spawn()?;
+            let (rate, got) = pipe_rate(child)?;
+            if got != BYTES {
+                bail!("OpenSSH's client delivered {got} of {BYTES} bytes");
+            }
+            theirs.push(rate / 1e6);
+        }
+        ceiling.push(attach_throughput(tether, dir)?);
+    }
+    let runs = |v: &[f64]| {
+        v.iter()
+            .map(|x| format!("{x:.0}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (o, c) = (median(ours.clone()), median(ceiling.clone()));
+    match theirs.is_empty() {
+        false => {
+            let t = median(theirs.clone());
+            println!(
+                "attach, the user's path: 256 MiB of session stdout through `vch attach` into a pipe: {o:.0} MB/s (runs {}); OpenSSH's client into a pipe {t:.0} MB/s (runs {}); ratio {:.2} (target >= 1.0)",
+                runs(&ours),
+                runs(&theirs),
+                o / t
+            );
+        }
+        true => println!(
+            "attach, the user's path: `vch attach` into a pipe {o:.0} MB/s (no OpenSSH here)"
+        ),
+    }
+    println!(
+        "attach, in-process: the same bytes to a client inside this process that only counts them (no `vch` process, no pipe; the former headline, meant as a ceiling): {c:.0} MB/s (runs {})",
+        runs(&ceiling)
+    );
+    Ok(())
+}
+
+/// One run of `vch attach --listen HOST:PORT --id ...` into a pipe, in MB/s.
+fn vch_attach_rate(tether: &Path, vch: &Path, dir: &Path, bytes: u64) -> anyhow::Result<f64> {
+    let mut s = session(&["head", "-c", &bytes.to_string(), "/dev/zero"]);
+    s.run_block = true;
+    let mut c = ExecutorConfig::default();
+    c.common.id = ID.into();
+    c.sessions.insert(ID.into(), s);
+    let cfg = dir.join("user-path.vmx");
+    VmxFile::create(&cfg, c.encode().into_iter().collect::<KeyValues>())?;
+    let addr = format!("127.0.0.1:{}", free_port()?);
+    let client = Command::new(vch)
+        .args(["attach", "--listen", &addr, "--id", ID, "--timeout", "60"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    // The tether connects again and again until vch listens.
+    let mut tether = Command::new(tether)
+        .args(["run", "--runblock-timeout", "60", "--guestinfo"])
+        .arg(&cfg)
+        .args(["--attach", &addr, "--debug-log"])
+        .arg(dir.join("debug"))
+        .stdin(Stdio::null())
+        .spawn()?;
+    let measured = pipe_rate(client);
+    let _ = tether.kill();
+    let _ = tether.wait();
+    let (rate, got) = measured?;
+    if got != bytes {
+        bail!("vch attach delivered {got} of {bytes} bytes");
+    }
+    Ok(rate / 1e6)
 }
 
 mod vm;
@@ -398,10 +540,10 @@ fn main() -> anyhow::Result<()> {
         };
         return vm::run(Path::new(vch), Path::new(assets));
     }
-    let tether: PathBuf = std::env::args()
-        .nth(1)
-        .context("usage: tether-bench TETHER")?
-        .into();
+    let (Some(tether), Some(vch)) = (args.get(1), args.get(2)) else {
+        bail!("usage: tether-bench TETHER VCH | tether-bench vm VCH ASSETS");
+    };
+    let (tether, vch) = (PathBuf::from(tether), PathBuf::from(vch));
     let dir = tempfile::tempdir()?;
     println!("# tether process-mode benchmarks ({RUNS} runs each, medians)");
     let mut ours = Vec::new();
@@ -418,19 +560,11 @@ fn main() -> anyhow::Result<()> {
         median(lat)
     );
     println!("tether RSS with one running session: {rss} KiB (target < 3072 KiB)");
-    ssh_throughput(dir.path())?;
-    let mut rates = Vec::new();
-    for _ in 0..3 {
-        rates.push(attach_throughput(&tether, dir.path())?);
+    let openssh = OpenSsh::start(dir.path())?;
+    if let Some(o) = &openssh {
+        ssh_throughput(o)?;
     }
-    let ours = median(rates);
-    match *OPENSSH_CHACHA.lock().unwrap_or_else(|p| p.into_inner()) {
-        Some(base) => println!(
-            "attach: 256 MiB of session stdout to an attached client: {ours:.0} MB/s; OpenSSH moving the same bytes {base:.0} MB/s; ratio {:.2} (target >= 1.0)",
-            ours / base
-        ),
-        None => println!("attach: 256 MiB of session stdout to an attached client: {ours:.0} MB/s (no OpenSSH baseline here)"),
-    }
+    user_path(&tether, &vch, dir.path(), openssh.as_ref())?;
     let (mut lat, attached_rss) = echo_latency(&tether, dir.path())?;
     lat.sort_by(f64::total_cmp);
     println!(

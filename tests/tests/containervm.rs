@@ -22,7 +22,7 @@ fn workspace() -> PathBuf {
 fn vch_bin() -> PathBuf {
     std::env::var_os("VCH_BIN")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/debug/vch"))
+        .unwrap_or_else(|| workspace().join("target/release/vch"))
 }
 
 fn assets() -> PathBuf {
