@@ -372,10 +372,21 @@ async fn chunks_queued_behind_a_closed_window_go_out_packed_by_stream_in_order()
         "one packet per run of a stream"
     );
     let join = |v: &[(Option<u32>, Vec<u8>)], e: Option<u32>| -> Vec<u8> {
-        v.iter().filter(|(x, _)| *x == e).flat_map(|(_, d)| d.clone()).collect()
+        v.iter()
+            .filter(|(x, _)| *x == e)
+            .flat_map(|(_, d)| d.clone())
+            .collect()
     };
-    assert_eq!(join(&got, None), join(&want, None), "stdout whole, in order");
-    assert_eq!(join(&got, Some(1)), join(&want, Some(1)), "stderr whole, in order");
+    assert_eq!(
+        join(&got, None),
+        join(&want, None),
+        "stdout whole, in order"
+    );
+    assert_eq!(
+        join(&got, Some(1)),
+        join(&want, Some(1)),
+        "stderr whole, in order"
+    );
 }
 
 #[tokio::test]
