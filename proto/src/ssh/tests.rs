@@ -295,11 +295,14 @@ async fn a_peer_that_does_not_consume_stops_the_sender_at_the_window() {
     );
 }
 
-/// A server that records each packet's data as it comes (its stream and length) and gives the
-/// window back only when the test says so.
+/// Each packet's data as it came, with its stream (extended data's code).
+type Received = Arc<Mutex<Vec<(Option<u32>, Vec<u8>)>>>;
+
+/// A server that records each packet's data as it comes and gives the window back only when the
+/// test says so.
 struct Packets {
     handle: Arc<Mutex<Option<(Handle, ChannelId)>>>,
-    got: Arc<Mutex<Vec<(Option<u32>, Vec<u8>)>>>,
+    got: Received,
 }
 
 impl Handler for Packets {
