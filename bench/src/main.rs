@@ -167,7 +167,7 @@ fn with_attached<T>(
     tether: &Path,
     dir: &Path,
     primary: SessionConfig,
-    f: impl AsyncFnOnce(&mut tether_proto::ssh::Channel, u32) -> anyhow::Result<T>,
+    f: impl AsyncFnOnce(&mut ssh::Channel, u32) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
     let mut c = ExecutorConfig::default();
     c.common.id = ID.into();
@@ -217,11 +217,11 @@ fn attach_throughput(tether: &Path, dir: &Path) -> anyhow::Result<f64> {
         let mut got = 0usize;
         while let Some(ev) = ch.recv().await {
             match ev {
-                tether_proto::ssh::ChannelEvent::Data(d) => {
+                ssh::ChannelEvent::Data(d) => {
                     t0.get_or_insert_with(Instant::now);
                     got += d.len()
                 }
-                tether_proto::ssh::ChannelEvent::Closed => break,
+                ssh::ChannelEvent::Closed => break,
                 _ => {}
             }
         }
@@ -257,9 +257,9 @@ fn echo_latency(tether: &Path, dir: &Path) -> anyhow::Result<(Vec<f64>, u64)> {
             ch.data(key.clone()).await?;
             loop {
                 match ch.recv().await {
-                    Some(tether_proto::ssh::ChannelEvent::Data(d)) if d == key => break,
-                    Some(tether_proto::ssh::ChannelEvent::Data(_)) => {}
-                    None | Some(tether_proto::ssh::ChannelEvent::Closed) => bail!("closed"),
+                    Some(ssh::ChannelEvent::Data(d)) if d == key => break,
+                    Some(ssh::ChannelEvent::Data(_)) => {}
+                    None | Some(ssh::ChannelEvent::Closed) => bail!("closed"),
                     _ => {}
                 }
             }
@@ -395,7 +395,7 @@ fn pipe_rate(mut child: std::process::Child) -> anyhow::Result<(f64, u64)> {
 
 /// Our SSH server against OpenSSH's sshd, each sending 256 MiB to OpenSSH's client.
 fn ssh_throughput(openssh: &OpenSsh) -> anyhow::Result<()> {
-    use tether_proto::ssh::{self, exec_server::ExecServer, PrivateKey, PublicKey, ServerConfig};
+    use ssh::{self, exec_server::ExecServer, PrivateKey, PublicKey, ServerConfig};
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

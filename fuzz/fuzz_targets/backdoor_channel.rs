@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether::backdoor::{call, Hypervisor, Regs};
+use tether::guestinfo::backdoor::{call, Hypervisor, Regs};
 
 struct Scripted<'a> {
     data: &'a [u8],

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tether_proto::ssh::{self, kex::KexInit, PublicKey};
+use ssh::{self, kex::KexInit, PublicKey};
 
 fuzz_target!(|data: &[u8]| {
     let _ = KexInit::parse(data);

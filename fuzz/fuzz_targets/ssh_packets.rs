@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use tether_proto::ssh::{self, PrivateKey, ServerConfig};
+use ssh::{self, PrivateKey, ServerConfig};
 use tokio::io::AsyncWriteExt as _;
 
 fuzz_target!(|data: &[u8]| {

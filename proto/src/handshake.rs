@@ -53,7 +53,7 @@ impl HandshakeError {
 
 fn token() -> u8 {
     let mut b = [0u8; 1];
-    crate::ssh::random(&mut b);
+    getrandom::fill(&mut b).expect("the operating system's random source failed");
     b[0] % 255
 }
 

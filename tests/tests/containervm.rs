@@ -448,7 +448,7 @@ fn stop_kill_and_rm_return_as_soon_as_the_container_is_gone() {
 /// process sees the size asked for.
 #[test]
 fn a_resize_right_after_unblock_reaches_the_exec_under_qemu() {
-    use tether_proto::ssh::{wire, ChannelEvent};
+    use ssh::{wire, ChannelEvent};
     let Some(host) = Host::new() else { return };
     let out = host.vch(&["run", "-d", "--name", "rz", "--", "/bin/sleep", "1000"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));

@@ -8,8 +8,8 @@ use std::time::Duration;
 use tether_proto::config::{ExecutorConfig, SessionConfig, SessionKind};
 use tokio::sync::mpsc;
 
-use crate::gi;
-use crate::session::{Ctx, Session};
+use crate::guestinfo as gi;
+use crate::session::{Ctx, Registry, Session};
 
 /// What can happen to the tether from outside.
 #[derive(Debug)]
@@ -25,7 +25,7 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// The debug level at which the debug shell is on without its extension key.
 pub const DEBUG_SHELL_LEVEL: i32 = 3;
 /// How long attached clients may take nothing at shutdown before they are left.
-const CLIENT_STALL: Duration = crate::fanout::STALL;
+const CLIENT_STALL: Duration = crate::session::fanout::STALL;
 
 pub struct Agent {
     ctx: Arc<Ctx>,
@@ -38,6 +38,10 @@ pub struct Agent {
     loaded_once: bool,
     on_debug_level: Box<dyn Fn(i32) + Send>,
     attach: Option<std::sync::Arc<crate::attach::Shared>>,
+    /// Every session and exec by ID, shared with the attach server.
+    registry: Registry,
+    /// Where the attach server's `reload` requests go (this agent's own events).
+    reload: mpsc::UnboundedSender<Event>,
 }
 
 /// Why the agent ended.
@@ -48,9 +52,11 @@ pub enum Ending {
 }
 
 impl Agent {
+    /// `events` comes from `reload` (and from whatever else the caller gives a sender to:
+    /// signals).
     pub fn new(
         ctx: Arc<Ctx>,
-        events: mpsc::UnboundedReceiver<Event>,
+        (reload, events): (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
         finished: mpsc::UnboundedReceiver<String>,
         on_debug_level: Box<dyn Fn(i32) + Send>,
     ) -> Self {
@@ -64,6 +70,8 @@ impl Agent {
             loaded_once: false,
             on_debug_level,
             attach: None,
+            registry: Registry::default(),
+            reload,
         }
     }
 
@@ -151,8 +159,7 @@ impl Agent {
                     let active = scfg.active;
                     let s = Session::new(&id, kind, scfg);
                     self.sessions.insert(id.clone(), s.clone());
-                    self.ctx
-                        .registry
+                    self.registry
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .insert(id.clone(), s.clone());
@@ -191,20 +198,23 @@ impl Agent {
         let ext = self.cfg.tether.clone().unwrap_or_default();
         let authorized = match ext.authorized_key.trim() {
             "" => None,
-            line => match tether_proto::ssh::PublicKey::from_openssh(line) {
+            line => match ssh::PublicKey::from_openssh(line) {
                 Ok(k) => Some(k),
                 Err(e) => {
                     // Refusing everyone is safer than falling back to `none`.
                     tracing::error!("guestinfo.vice./tether/authorizedkey is unusable ({e}); no client can attach");
-                    Some(tether_proto::ssh::PrivateKey::generate_ed25519().public())
+                    Some(ssh::PrivateKey::generate_ed25519().public())
                 }
             },
         };
         let debug_shell = ext.debug_shell || self.cfg.debug_level >= DEBUG_SHELL_LEVEL;
         let shared = crate::attach::Shared {
-            registry: self.ctx.registry.clone(),
-            events: self.ctx.events.clone(),
-            server: std::sync::Arc::new(tether_proto::ssh::ServerConfig::new(vec![key])),
+            registry: self.registry.clone(),
+            reload: {
+                let tx = self.reload.clone();
+                Box::new(move || tx.send(Event::Reload).is_ok())
+            },
+            server: std::sync::Arc::new(ssh::ServerConfig::new(vec![key])),
             authorized,
             connections: Default::default(),
             debug_shell,

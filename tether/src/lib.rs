@@ -1,22 +1,24 @@
 //! The tether: the in-guest agent of a containerVM. `main.rs` only parses the command line and
 //! calls in here.
+//!
+//! Folders own one subject each and import only downward (see the module map in the README):
+//! `sys` (the only raw system calls) and the leaves `gate` and `logging` at the bottom; `boot`,
+//! `guestinfo` and `session` above them; `attach` above `session`; and at the top the wiring,
+//! which alone may use them all: `run` (`tether run`, `tether init`, the bootstrap stage's entry
+//! and PID 1's composition), `agent` (the main loop), `cli` and `config_cmd`. `net`, `volume` and
+//! `toolbox` are the rooms for networking, volumes and the embedded VMware Tools.
 
 pub mod agent;
 pub mod attach;
-pub mod backdoor;
-pub mod bootstrap;
+pub mod boot;
 pub mod cli;
 pub mod config_cmd;
-pub mod fanout;
 pub mod gate;
-pub mod gi;
-pub mod input;
-pub mod launch;
+pub mod guestinfo;
 pub mod logging;
-pub mod outlog;
-pub mod pid1;
-pub mod reaper;
+pub mod net;
 pub mod run;
 pub mod session;
 pub mod sys;
-pub mod users;
+pub mod toolbox;
+pub mod volume;

@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         // another name, the container's init of a root already in place.
         let argv0 = std::env::args_os().next().unwrap_or_default();
         if std::path::Path::new(&argv0).file_name() == Some("init".as_ref()) {
-            tether::bootstrap::main();
+            tether::run::bootstrap();
         }
         if std::env::args_os().len() == 1 {
             tether::run::init(None);

@@ -4,26 +4,23 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
-use tether_proto::guestinfo::stream::StreamGuestInfo;
-use tether_proto::guestinfo::vmx::VmxFile;
+use anyhow::Context as _;
 use tether_proto::guestinfo::GuestInfo;
-use tether_proto::vm::GUESTINFO_SERIAL;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::agent::{Agent, Ending, Event};
-use crate::backdoor::Backdoor;
-use crate::gi::Guestinfo;
-use crate::outlog::OutputLog;
-use crate::reaper::Reaper;
+use crate::boot::pid1;
+use crate::guestinfo::Guestinfo;
+use crate::guestinfo::{open_guestinfo, virtio_port};
+use crate::logging;
+use crate::session::outlog::{LogOpener, OutputLog};
+use crate::session::reaper::Reaper;
 use crate::session::{Ctx, Settings};
-use crate::{logging, pid1};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunOptions {
@@ -54,72 +51,6 @@ pub struct RunOptions {
     pub runblock_timeout: f64,
 }
 
-/// Opens the guestinfo transport. Runs before any other thread exists (the backdoor's I/O
-/// permission is inherited only by threads created afterwards).
-pub fn open_guestinfo(spec: &str) -> anyhow::Result<Box<dyn GuestInfo>> {
-    Ok(match tether_proto::addr::split(spec) {
-        _ if spec == "backdoor" || spec == "backdoor!" => {
-            Box::new(Backdoor::open(spec.ends_with('!'))?)
-        }
-        // VMware's backdoor when it is there; otherwise the UART a QEMU host serves guestinfo on.
-        _ if spec == "auto" => match Backdoor::open(false) {
-            Ok(b) => Box::new(b),
-            Err(backdoor) => {
-                let com4 = Path::new(GUESTINFO_SERIAL);
-                let name = com4
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .unwrap_or_default();
-                if !crate::sys::serial::uart_present(Path::new("/sys"), name) {
-                    bail!("no guestinfo: not on VMware ({backdoor}), and no UART at {GUESTINFO_SERIAL}");
-                }
-                open_guestinfo(&format!("serial:{GUESTINFO_SERIAL}"))?
-            }
-        },
-        Some(("virtio", name)) => {
-            let path = virtio_port(Path::new("/sys"), name)
-                .with_context(|| format!("no virtio port named {name:?}"))?;
-            open_port(&path)?
-        }
-        Some(("unix", path)) => Box::new(StreamGuestInfo::new(
-            UnixStream::connect(path).with_context(|| format!("connecting to {path}"))?,
-        )),
-        Some(("tcp", addr)) => Box::new(StreamGuestInfo::new(
-            std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?,
-        )),
-        Some(("serial", path)) => Box::new(StreamGuestInfo::new(
-            crate::sys::serial::open_raw(std::path::Path::new(path), false)
-                .with_context(|| format!("opening {path}"))?,
-        )),
-        Some(("file", path)) => Box::new(VmxFile::open(path)?),
-        Some((scheme, _)) if !spec.starts_with('/') && !spec.starts_with('.') => {
-            bail!("{spec:?}: unknown guestinfo source {scheme:?} (a file, unix:, tcp:, serial:, virtio:, backdoor, auto)")
-        }
-        _ => Box::new(VmxFile::open(spec)?),
-    })
-}
-
-/// The device of the virtio-serial port called `name` (`/dev/vportNpM`, found through sysfs).
-pub fn virtio_port(sys: &Path, name: &str) -> anyhow::Result<PathBuf> {
-    let dir = sys.join("class/virtio-ports");
-    for e in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let e = e?;
-        if std::fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name) {
-            return Ok(Path::new("/dev").join(e.file_name()));
-        }
-    }
-    bail!("none of {} is named {name:?}", dir.display())
-}
-
-fn open_port(path: &Path) -> anyhow::Result<Box<dyn GuestInfo>> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    Ok(Box::new(StreamGuestInfo::new(f)))
-}
-
 fn secs(s: f64) -> Duration {
     Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
 }
@@ -133,10 +64,6 @@ fn open_log(path: &Path) -> anyhow::Result<File> {
     };
     result.with_context(|| format!("opening {}", path.display()))
 }
-
-/// Opens the output log's device, on the output log's thread: until it returns, the log holds
-/// what the sessions write. `None`: no output log.
-pub type LogOpener = Box<dyn FnOnce() -> Option<Box<dyn Write + Send>> + Send>;
 
 /// The output log's device in the VM: the virtio port `org.tether.output` where the host has a
 /// virtio-serial controller (its driver is a late module: this waits for the port, at most
@@ -208,6 +135,27 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// The bootstrap stage. Never returns: it is the container's tether from the start (PID 1 with
+/// no exec in between), and finds, mounts and switches to the container's root on a thread of its
+/// own ([`crate::boot::switch_root_then`]) while the tether reads its config and the host attaches.
+pub fn bootstrap() -> ! {
+    let early = crate::boot::early_mounts();
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    let settings = crate::boot::Settings::from_cmdline(&cmdline);
+    let boot = crate::boot::pid1::BootSettings::from_cmdline(&cmdline);
+    let out: Box<dyn std::io::Write + Send> =
+        match crate::sys::serial::open_raw(Path::new(&boot.debug_log), true) {
+            Ok(f) => Box::new(f),
+            Err(_) => Box::new(std::io::stderr()),
+        };
+    let level = crate::logging::init(out);
+    std::panic::set_hook(Box::new(|info| tracing::error!("panic: {info}")));
+    for e in early {
+        tracing::warn!("bootstrap: {e}");
+    }
+    pid1_main(&boot, level, Root::Bootstrap(settings))
+}
+
 /// PID 1 of the containerVM (`tether init`): mounts, limits, settings from the kernel command
 /// line, the sessions, then sync and power off. Never returns, whatever fails on the way (each
 /// failure is reported on the debug port first).
@@ -240,7 +188,7 @@ pub enum Root {
     Ready,
     /// The bootstrap stage prepares it on a thread of its own and switches to it, while the
     /// config is read and the host attaches; launches wait for it.
-    Bootstrap(crate::bootstrap::Settings),
+    Bootstrap(crate::boot::Settings),
 }
 
 /// The sessions as PID 1, then power off.
@@ -261,13 +209,13 @@ pub fn pid1_main(boot: &pid1::BootSettings, level: logging::LevelHandle, root: R
                     root_ready.open(Ok(()));
                     // The drivers the bootstrap stage left (virtio, NICs, IDE, fw_cfg, vsock)
                     // load beside the container's start.
-                    crate::bootstrap::start_late();
+                    crate::boot::start_late();
                 }
                 Root::Bootstrap(settings) => {
                     let gate = root_ready.clone();
                     std::thread::Builder::new()
                         .name("bootstrap".into())
-                        .spawn(move || crate::bootstrap::switch_root_then(&settings, &gate))
+                        .spawn(move || crate::boot::switch_root_then(&settings, &gate))
                         .context("starting the bootstrap thread")?;
                 }
             }
@@ -291,9 +239,18 @@ pub fn pid1_main(boot: &pid1::BootSettings, level: logging::LevelHandle, root: R
                     }
                 }
             });
+            // The container has started: the late modules give way for its first moments only
+            // (a busy container would starve them at idle priority).
+            let on_launch: Arc<dyn Fn() + Send + Sync> = Arc::new(|| {
+                tokio::spawn(async {
+                    tokio::time::sleep(crate::boot::LATE_IDLE_AFTER_LAUNCH).await;
+                    crate::boot::hurry_late();
+                });
+            });
             let settings = Settings {
                 attach: Some(boot.attach.clone()),
                 root_ready,
+                on_launch: Some(on_launch),
                 ..Settings::default()
             };
             serve(gi, Some(output), level, settings)
@@ -337,14 +294,12 @@ fn serve(
             log,
             settings,
             finished: finished_tx,
-            registry: Default::default(),
-            events: events_tx.clone(),
         });
-        watch_signals(events_tx)?;
+        watch_signals(events_tx.clone())?;
         let on_level = Box::new(move |debug: i32| {
             let _ = level.modify(|f| *f = logging::level_for(debug));
         });
-        Agent::new(ctx, events_rx, finished_rx, on_level)
+        Agent::new(ctx, (events_tx, events_rx), finished_rx, on_level)
             .run()
             .await
             .map_err(|e| anyhow::anyhow!("reading the config: {e}"))

@@ -5,8 +5,8 @@ use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
+use ssh::{self, wire, ChannelEvent, ClientConfig, Handle};
 use tether_proto::handshake;
-use tether_proto::ssh::{self, wire, ChannelEvent, ClientConfig, Handle};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use crate::guestinfo_server::ListenAddr;

@@ -88,7 +88,7 @@ const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/b
 /// A new random ID (64 hex digits, as docker's).
 pub fn new_id() -> String {
     let mut b = [0u8; 32];
-    tether_proto::ssh::random(&mut b);
+    ssh::random(&mut b);
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use tether_proto::ssh::{
+use ssh::{
     self, Channel, ChannelEvent, ChannelId, Handle, Handler, OpenFailure, PrivateKey, ServerConfig,
 };
 use tokio::sync::mpsc;

@@ -237,7 +237,7 @@ enum GuestinfoCommand {
 async fn connect(
     listen: &ListenAddr,
     deadline: std::time::Duration,
-) -> anyhow::Result<tether_proto::ssh::Handle> {
+) -> anyhow::Result<ssh::Handle> {
     tokio::time::timeout(deadline, async {
         let line = vch::attach::bind(listen).await?.accept().await?;
         vch::attach::connect(line, deadline).await
@@ -247,7 +247,7 @@ async fn connect(
 }
 
 /// A running containerVM's tether, through its supervisor.
-async fn connect_container(c: &Container) -> anyhow::Result<tether_proto::ssh::Handle> {
+async fn connect_container(c: &Container) -> anyhow::Result<ssh::Handle> {
     if !c.running() {
         bail!("{} is not running", c.meta.name);
     }
@@ -751,11 +751,7 @@ async fn exec(root: PathBuf, args: ExecArgs) -> anyhow::Result<i32> {
 }
 
 /// Attaches to session `id` with docker's detach keys; its exit status, `None` after a detach.
-async fn attach_to(
-    h: &tether_proto::ssh::Handle,
-    id: String,
-    tty: bool,
-) -> anyhow::Result<Option<i32>> {
+async fn attach_to(h: &ssh::Handle, id: String, tty: bool) -> anyhow::Result<Option<i32>> {
     let opts = vch::attach::AttachOptions {
         id: Some(id),
         tty,

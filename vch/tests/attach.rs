@@ -1,15 +1,19 @@
 //! `tether run --attach tcp:…` against `vch attach --listen …`, and against the attach protocol
 //! driven directly (resize, reattach, several sessions).
+//!
+//! Longer than 800 lines on purpose: every test here drives one harness (a process-mode tether
+//! and a host on loopback, defined at the top), and a split would either copy it or move it away
+//! from the tests that read it.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use ssh::{wire, ChannelEvent};
 use tether_proto::config::{Cmd, ExecutorConfig, SessionConfig};
 use tether_proto::extraconfig::KeyValues;
 use tether_proto::guestinfo::vmx::{self, VmxFile};
-use tether_proto::ssh::{wire, ChannelEvent};
 use vch::guestinfo_server::ListenAddr;
 
 const ID: &str = "c0ffee";
@@ -284,7 +288,7 @@ fn listening_tether(
 }
 
 /// Everything a channel carries until CLOSE: its data and the `exit-status` payload.
-async fn output_and_status(ch: &mut tether_proto::ssh::Channel) -> (Vec<u8>, Option<Vec<u8>>) {
+async fn output_and_status(ch: &mut ssh::Channel) -> (Vec<u8>, Option<Vec<u8>>) {
     let mut out = Vec::new();
     let mut status = None;
     while let Some(ev) = ch.recv().await {
@@ -301,19 +305,15 @@ async fn output_and_status(ch: &mut tether_proto::ssh::Channel) -> (Vec<u8>, Opt
 /// Drives the attach protocol directly: `f` gets the SSH handle once the tether is connected.
 fn with_tether<F, Fut>(cfg: &ExecutorConfig, f: F) -> Tether
 where
-    F: FnOnce(tether_proto::ssh::Handle) -> Fut,
+    F: FnOnce(ssh::Handle) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    with_tether_as(cfg, tether_proto::ssh::ClientConfig::new("daemon"), f)
+    with_tether_as(cfg, ssh::ClientConfig::new("daemon"), f)
 }
 
-fn with_tether_as<F, Fut>(
-    cfg: &ExecutorConfig,
-    client: tether_proto::ssh::ClientConfig,
-    f: F,
-) -> Tether
+fn with_tether_as<F, Fut>(cfg: &ExecutorConfig, client: ssh::ClientConfig, f: F) -> Tether
 where
-    F: FnOnce(tether_proto::ssh::Handle) -> Fut,
+    F: FnOnce(ssh::Handle) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
     let (rt, listener, tether) = listening_tether(cfg, &["--runblock-timeout", "30"]);
@@ -328,7 +328,7 @@ where
     tether
 }
 
-async fn read_until(ch: &mut tether_proto::ssh::Channel, want: &[u8]) -> Vec<u8> {
+async fn read_until(ch: &mut ssh::Channel, want: &[u8]) -> Vec<u8> {
     let mut got = Vec::new();
     while !got.windows(want.len()).any(|w| w == want) {
         match tokio::time::timeout(Duration::from_secs(20), ch.recv())
@@ -503,11 +503,9 @@ fn three_sessions_multiplexed_and_signal_delivered() {
 
 #[test]
 fn vics_client_profile_through_the_whole_attach_flow() {
-    use tether_proto::ssh::{
-        cipher, kex, keys, ClientConfig, HostKeyCheck, Preferences, PrivateKey,
-    };
+    use ssh::{cipher, kex, keys, ClientConfig, HostKeyCheck, Preferences, PrivateKey};
     // The container's host key as VIC makes it: PEM PKCS#1 RSA, 512 bits, in guestinfo.vice./key.
-    let pem = include_str!("../../proto/tests/data/rsa512.pem");
+    let pem = include_str!("../../ssh/tests/data/rsa512.pem");
     let mut s = session(&["/bin/sh", "-c", "stty size; cat"]);
     s.tty = true;
     s.run_block = true;
@@ -564,7 +562,7 @@ fn vics_client_profile_through_the_whole_attach_flow() {
 /// Records the `container-ids` the tether pushes.
 struct Pushes(tokio::sync::mpsc::UnboundedSender<Vec<String>>);
 
-impl tether_proto::ssh::Handler for Pushes {
+impl ssh::Handler for Pushes {
     fn global_request(&mut self, name: &str, data: &[u8]) -> Option<Vec<u8>> {
         if name != "container-ids" {
             return None;
@@ -582,7 +580,7 @@ fn exec_by_reload_request_is_pushed_to_the_host_and_attachable() {
     rt.block_on(async move {
         let (tx, mut pushed) = tokio::sync::mpsc::unbounded_channel();
         let line = listener.accept().await.unwrap();
-        let client = tether_proto::ssh::ClientConfig::new("daemon");
+        let client = ssh::ClientConfig::new("daemon");
         let h = vch::attach::connect_handler(line, Duration::from_secs(30), client, Pushes(tx))
             .await
             .unwrap();
@@ -864,7 +862,7 @@ fn debug_shell_through_openssh_exec_and_pty() {
 
 #[test]
 fn an_authorized_key_replaces_none() {
-    use tether_proto::ssh::{ClientConfig, PrivateKey};
+    use ssh::{ClientConfig, PrivateKey};
     let key = PrivateKey::generate_ed25519();
     let mut cfg = config(session(&["sleep", "60"]));
     cfg.tether = Some(tether_proto::config::TetherExtensions {

@@ -11,6 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tether_proto::iolog::{encode_entry, LineFramer, Stream};
 use tokio::sync::{mpsc, oneshot};
 
+/// Opens the output log's device, on the output log's thread: until it returns, the log holds
+/// what the sessions write. `None`: no output log.
+pub type LogOpener = Box<dyn FnOnce() -> Option<Box<dyn Write + Send>> + Send>;
+
 /// How long a line without its newline waits before it is written as an entry of its own.
 pub const PARTIAL_LINE_DELAY: Duration = Duration::from_millis(500);
 /// Chunks queued for the log thread (each at most one read, 16 KiB).
@@ -58,7 +62,7 @@ impl OutputLog {
     /// Writes to the device `open` gives, from a new thread that opens it first (meanwhile the
     /// queue holds what comes, up to its bound). Call inside the runtime (a ticker task is
     /// started).
-    pub fn start(open: crate::run::LogOpener) -> Self {
+    pub fn start(open: LogOpener) -> Self {
         let (tx, mut rx) = mpsc::channel::<Msg>(QUEUE);
         std::thread::Builder::new()
             .name("output-log".into())

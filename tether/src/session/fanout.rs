@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use tether_proto::iolog::Stream;
 use tokio::sync::mpsc;
 
-use crate::launch::LaunchError;
-use crate::reaper::Exit;
+use crate::session::launch::LaunchError;
+use crate::session::reaper::Exit;
 
 /// Chunks a client may fall behind by before the process waits for it (each at most one read,
 /// 16 KiB).

@@ -12,16 +12,16 @@ use tether_proto::iolog::Stream;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
-use crate::fanout::{Fanout, Output};
-use crate::gi::{self, Guestinfo};
-use crate::input::{self, InputMsg};
-use crate::launch::{self, LaunchError};
-use crate::outlog::OutputLog;
-use crate::reaper::{Exit, Reaper};
+use super::fanout::{Fanout, Output};
+use super::input::{self, InputMsg};
+use super::launch::{self, LaunchError};
+use super::outlog::OutputLog;
+use super::reaper::{Exit, Reaper};
+use crate::guestinfo::{self as gi, Guestinfo};
 use crate::sys::{self, spawn};
 
 /// Tunables, from the command line.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Settings {
     /// How long after a process exits its output may still drain (descendants holding the pipes).
     pub drain_timeout: Duration,
@@ -36,6 +36,9 @@ pub struct Settings {
     /// Opens when the container's root is in place: launches wait for it (in the VM the
     /// bootstrap stage is still finding the disk while the config is read and the host attaches).
     pub root_ready: std::sync::Arc<crate::gate::Gate>,
+    /// Called after each launch, whatever its outcome (the VM's wiring lets the late kernel
+    /// modules give way for the container's first moments only).
+    pub on_launch: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl Default for Settings {
@@ -47,6 +50,7 @@ impl Default for Settings {
             root: PathBuf::from("/"),
             attach: None,
             root_ready: std::sync::Arc::new(crate::gate::Gate::opened()),
+            on_launch: None,
         }
     }
 }
@@ -59,10 +63,6 @@ pub struct Ctx {
     pub settings: Settings,
     /// Told the id of every session whose task has finished.
     pub finished: mpsc::UnboundedSender<String>,
-    /// Every session by ID, for the attach server.
-    pub registry: crate::attach::Registry,
-    /// Where reload requests from the attach server go.
-    pub events: mpsc::UnboundedSender<crate::agent::Event>,
 }
 
 impl Ctx {
@@ -316,12 +316,9 @@ impl Session {
             },
             Err(why) => Err(LaunchError::new(launch::EXIT_SETUP, why)),
         };
-        // The container has started: the late modules give way for its first moments only (a
-        // busy container would starve them at idle priority).
-        tokio::spawn(async {
-            tokio::time::sleep(crate::bootstrap::LATE_IDLE_AFTER_LAUNCH).await;
-            crate::bootstrap::hurry_late();
-        });
+        if let Some(launched) = &ctx.settings.on_launch {
+            launched();
+        }
         let (pid, exit_rx, pumps) = match launched {
             Ok(x) => x,
             Err(e) => {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use super::*;
 
-const RSA512: &str = include_str!("../../tests/data/rsa512.pem");
+const RSA512: &str = include_str!("../tests/data/rsa512.pem");
 
 /// What the server saw, for assertions.
 #[derive(Default, Debug)]

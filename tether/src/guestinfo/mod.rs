@@ -1,7 +1,15 @@
 //! The guestinfo transport on a thread of its own (its calls block: port I/O, a serial line, a
 //! file), reached from async code; and the read-write state keys the tether owns, written in an
 //! order that a VCH reading half-written state interprets correctly.
+//!
+//! Owns: the guestinfo transport (the VMware backdoor in [`backdoor`], the others chosen in
+//! [`open`]), the config read from it, the state keys written back and their order. Uses: `sys`.
+//! Must not touch sessions or the attach line: they publish through [`Guestinfo`].
 
+pub mod backdoor;
+pub mod open;
+
+pub use open::{open_guestinfo, virtio_port};
 use std::sync::mpsc;
 
 use tether_proto::config::{ExecutorConfig, SessionKind};

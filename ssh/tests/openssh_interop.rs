@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use openssh::*;
-use tether_proto::ssh::{
+use ssh::{
     self, keys, ChannelEvent, ClientConfig, HostKeyCheck, PrivateKey, PublicKey, ServerConfig,
 };
 

@@ -20,7 +20,9 @@ pub mod wire;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
-pub use conn::{connect, fuzz_authenticated_server, serve};
+#[cfg(feature = "fuzzing")]
+pub use conn::fuzz_authenticated_server;
+pub use conn::{connect, serve};
 pub use kex::Preferences;
 pub use keys::{KeyError, PrivateKey, PublicKey};
 

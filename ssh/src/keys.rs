@@ -289,7 +289,7 @@ impl PublicKey {
 mod tests {
     use super::*;
 
-    const RSA512: &str = include_str!("../../tests/data/rsa512.pem");
+    const RSA512: &str = include_str!("../tests/data/rsa512.pem");
 
     #[test]
     fn vics_512_bit_key_signs_sha1_and_sha256_but_is_not_offered_for_sha512() {

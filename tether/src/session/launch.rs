@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use tether_proto::config::Cmd;
 
+use super::users;
 use crate::sys::spawn::{SpawnError, Stage};
-use crate::users;
 
 /// Docker's codes for a failed launch.
 pub const EXIT_SETUP: i32 = 125;

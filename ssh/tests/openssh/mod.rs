@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tether_proto::ssh::exec_server::ExecServer;
-use tether_proto::ssh::{self, PublicKey};
+use ssh::exec_server::ExecServer;
+use ssh::{self, PublicKey};
 
 /// Starts our exec server on 127.0.0.1; returns its port.
 pub async fn start_server(config: ssh::ServerConfig, allowed: Option<PublicKey>) -> u16 {
