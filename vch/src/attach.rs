@@ -78,6 +78,15 @@ pub async fn bind(addr: &ListenAddr) -> anyhow::Result<Listening> {
 }
 
 impl Listening {
+    /// The TCP port it listens on (`None` for a Unix socket): bind to port 0, then tell the
+    /// tether this one.
+    pub fn tcp_port(&self) -> Option<u16> {
+        match self {
+            Listening::Tcp(l) => l.local_addr().ok().map(|a| a.port()),
+            Listening::Unix(_) => None,
+        }
+    }
+
     /// The tether's connection.
     pub async fn accept(&self) -> anyhow::Result<Box<dyn Line>> {
         Ok(match self {

@@ -277,12 +277,12 @@ fn listening_tether(
     extra: &[&str],
 ) -> (tokio::runtime::Runtime, vch::attach::Listening, Tether) {
     let rt = runtime();
-    let port = free_port();
+    // Bound here on a port of the kernel's choosing: a free port looked up first could be taken
+    // by a test running beside this one before it is bound again.
     let listener = rt
-        .block_on(vch::attach::bind(&ListenAddr::Tcp(format!(
-            "127.0.0.1:{port}"
-        ))))
+        .block_on(vch::attach::bind(&ListenAddr::Tcp("127.0.0.1:0".into())))
         .unwrap();
+    let port = listener.tcp_port().expect("a TCP listener");
     let tether = Tether::start(cfg, port, extra);
     (rt, listener, tether)
 }

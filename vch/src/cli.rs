@@ -1,0 +1,230 @@
+//! `vch`'s command line: the commands and their flags (clap), parsed by `main.rs` and carried out
+//! by [`crate::commands`].
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::container::{AttachLine, BootMode, RunSpec};
+use crate::guestinfo_server::ListenAddr;
+use crate::logs::Streams;
+
+#[derive(Debug, Parser)]
+#[command(name = "vch", version, about = "The host side of containerVMs")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a containerVM running CMD and attach to it (or leave it running with -d); exit with
+    /// the container's exit status.
+    Run(RunArgs),
+    /// Run CMD in a running containerVM (as `docker exec`); exit with its exit status.
+    Exec(ExecArgs),
+    /// Stop a containerVM: its stop signal, then SIGKILL to the process group after --time.
+    Stop {
+        container: String,
+        /// Seconds between the stop signal and SIGKILL.
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+    },
+    /// Remove a stopped containerVM's state (-f: stop it first).
+    Rm {
+        container: String,
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Image disks.
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Guestinfo served to a containerVM or a process-mode tether.
+    #[command(subcommand)]
+    Guestinfo(GuestinfoCommand),
+    /// Attach to a containerVM (by name or ID) or, with --listen, wait for a process-mode tether;
+    /// relay the terminal and exit with the session's exit status.
+    Attach {
+        /// The containerVM.
+        container: Option<String>,
+        /// Where a process-mode tether connects: HOST:PORT, tcp:HOST:PORT or unix:PATH.
+        #[arg(long)]
+        listen: Option<ListenAddr>,
+        /// The session or exec (the container's own when absent).
+        #[arg(long)]
+        id: Option<String>,
+        /// Relay a terminal (raw mode, window size).
+        #[arg(short, long)]
+        tty: bool,
+        /// Keys that detach and leave the container running.
+        #[arg(long, default_value = "ctrl-p,ctrl-q")]
+        detach_keys: String,
+        /// Seconds to wait for the tether.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Send a signal to a session's process: TARGET is a containerVM (its own session, or --id),
+    /// or with --listen the session ID of a process-mode tether.
+    Kill {
+        target: String,
+        #[arg(long)]
+        listen: Option<ListenAddr>,
+        /// The session or exec inside a containerVM.
+        #[arg(long)]
+        id: Option<String>,
+        /// Signal name or number.
+        #[arg(short, long, default_value = "KILL")]
+        signal: String,
+        /// Signal the whole process group (VIC's group-kill), not only the process.
+        #[arg(long)]
+        group: bool,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Handshake with the tether, then relay stdin/stdout: an OpenSSH ProxyCommand.
+    Proxy {
+        #[arg(long)]
+        listen: ListenAddr,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// The containerVMs; with --listen, a process-mode tether's live sessions and execs.
+    Ps {
+        #[arg(long)]
+        listen: Option<ListenAddr>,
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+    },
+    /// Print a containerVM's output (or an output.log file, VIC's framed format) as plain text.
+    Logs {
+        /// A containerVM, or an output.log file.
+        target: PathBuf,
+        /// Prefix each line with its time (RFC 3339, nanoseconds).
+        #[arg(short, long)]
+        timestamps: bool,
+        /// Which streams to show.
+        #[arg(long, value_enum, default_value = "all")]
+        stream: Streams,
+        /// Include the output of exec sessions.
+        #[arg(long)]
+        execs: bool,
+    },
+    /// (internal) Run a containerVM's supervisor in the foreground.
+    #[command(hide = true)]
+    Supervise { dir: PathBuf },
+}
+
+/// How a process runs, as `docker run` and `docker exec` both take it.
+#[derive(Debug, clap::Args)]
+pub struct ProcessArgs {
+    /// Keep stdin open.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Allocate a terminal.
+    #[arg(short, long)]
+    pub tty: bool,
+    /// Leave it running in the background and print its ID.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Environment (KEY=VALUE), repeatable.
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    #[arg(short, long)]
+    pub workdir: Option<String>,
+    #[arg(short, long)]
+    pub user: Option<String>,
+}
+
+impl ProcessArgs {
+    pub fn spec(self, name: Option<String>, command: Vec<String>) -> RunSpec {
+        RunSpec {
+            name,
+            command,
+            env: self.env,
+            workdir: self.workdir,
+            user: self.user,
+            tty: self.tty,
+            interactive: self.interactive,
+            attached: !self.detach,
+            debug: 0,
+            debug_shell: false,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// An image disk (VMDK), a directory or a tar; the built-in default image when absent.
+    #[arg(long)]
+    pub image: Option<PathBuf>,
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Stop the container after this many seconds (stop signal, then SIGKILL).
+    #[arg(long)]
+    pub kill_after: Option<f64>,
+    /// Remove its state when it ends.
+    #[arg(long)]
+    pub rm: bool,
+    /// Boot from bootstrap.iso (as on VMware) instead of the kernel and initramfs directly.
+    #[arg(long, value_enum, default_value = "kernel")]
+    pub boot: BootMode,
+    #[arg(long, default_value_t = 256)]
+    pub memory: u32,
+    /// The tether's debug level (VIC's; 3 also enables the debug shell).
+    #[arg(long, default_value_t = 0)]
+    pub debug: i32,
+    /// Enable the debug shell (SSH `session` channels, see the README).
+    #[arg(long)]
+    pub debug_shell: bool,
+    /// Extra words for the kernel command line (the kernel boot path only).
+    #[arg(long, default_value = "")]
+    pub cmdline: String,
+    /// The tether's attach line: COM1 (as VIC) or virtio-vsock (the kernel boot path only).
+    #[arg(long, value_enum, default_value = "serial")]
+    pub attach_line: AttachLine,
+    /// The command; the image's /hello when absent.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExecArgs {
+    pub container: String,
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Make an image disk: an ext4 filesystem labelled `containerfs` from a directory or a tar,
+    /// as a VMDK.
+    Build {
+        /// A directory or a tar file (a `docker export` works).
+        #[arg(long)]
+        from: PathBuf,
+        #[arg(short, long)]
+        output: PathBuf,
+        /// The filesystem label (anything but `containerfs` makes a disk the VM will refuse).
+        #[arg(long, default_value = crate::image::LABEL)]
+        label: String,
+    },
+    /// Build the built-in default image (busybox and /hello) and print its path.
+    Default,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GuestinfoCommand {
+    /// Serve the keys of a `.vmx`-style file over a stream (4-byte little-endian framed RPCI).
+    Serve {
+        /// The `.vmx`-style file holding the keys; the guest's writes land in it.
+        #[arg(long)]
+        file: PathBuf,
+        /// HOST:PORT, tcp:HOST:PORT or unix:PATH
+        #[arg(long)]
+        listen: ListenAddr,
+    },
+}

@@ -1,0 +1,99 @@
+//! What each `vch` command does, in the library so that `main.rs` only parses and dispatches (as
+//! youki's `commands/`): [`run`] and [`exec`] start things and attach, [`lifecycle`] stops,
+//! kills and removes, [`line`] talks to a process-mode tether on a line it listens on, [`show`]
+//! lists and prints logs. Shared here: reaching a tether, and waiting for a container's end.
+
+pub mod exec;
+pub mod lifecycle;
+pub mod line;
+pub mod run;
+pub mod show;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+
+use crate::container::Container;
+use crate::guestinfo_server::ListenAddr;
+
+/// Accepts the tether, handshakes and connects, all within `deadline`.
+pub async fn connect(
+    listen: &ListenAddr,
+    deadline: std::time::Duration,
+) -> anyhow::Result<ssh::Handle> {
+    tokio::time::timeout(deadline, async {
+        let line = crate::attach::bind(listen).await?.accept().await?;
+        crate::attach::connect(line, deadline).await
+    })
+    .await
+    .map_err(|_| anyhow::anyhow!("no tether connected within {deadline:?}"))?
+}
+
+/// A running containerVM's tether, through its supervisor.
+pub async fn connect_container(c: &Container) -> anyhow::Result<ssh::Handle> {
+    if !c.running() {
+        bail!("{} is not running", c.meta.name);
+    }
+    crate::front::connect(&c.ctl_socket()).await
+}
+
+pub fn default_image() -> PathBuf {
+    crate::vm::assets_dir().join("images/default.vmdk")
+}
+
+/// Polls `done` every 5 ms (a stat: cheap, and `vch run` waits on it for the container's start)
+/// until it holds or `limit` passes; whether it held.
+pub async fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
+}
+
+/// [`wait_for`] outside a runtime.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while !done() {
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Waits at most `limit` for the VM to end; whether it did.
+pub async fn vm_ended(c: &Container, limit: Duration) -> bool {
+    wait_for(limit, || !c.vm_running()).await
+}
+
+/// Sends `sig` to session `id` of a running containerVM over a connection of its own.
+pub async fn signal_container(
+    c: &Container,
+    id: &str,
+    sig: &str,
+    group: bool,
+) -> anyhow::Result<()> {
+    let h = connect_container(c).await?;
+    let sent = crate::attach::kill(&h, id, sig, group).await;
+    h.disconnect("done").await;
+    sent
+}
+
+/// Attaches to session `id` with docker's detach keys; its exit status, `None` after a detach.
+pub async fn attach_to(h: &ssh::Handle, id: String, tty: bool) -> anyhow::Result<Option<i32>> {
+    let opts = crate::attach::AttachOptions {
+        id: Some(id),
+        tty,
+        detach_keys: crate::attach::parse_detach_keys("ctrl-p,ctrl-q")?,
+        deadline: Duration::from_secs(60),
+    };
+    let status = crate::attach::attach(h, &opts).await?;
+    h.disconnect("done").await;
+    Ok(status)
+}
