@@ -287,6 +287,23 @@ fn exec_into_a_running_container_then_stop_escalates_to_kill() {
         text(&out.stderr)
     );
 
+    // The container's identity, set before the launch: the hostname (vch gives the name) in
+    // the kernel and /etc/hostname, and the tether's hosts over the image's.
+    let out = host.vch(&[
+        "exec",
+        "busy",
+        "--",
+        "/bin/sh",
+        "-c",
+        "hostname; cat /etc/hostname; grep -c '127.0.1.1.busy' /etc/hosts; grep -c localhost4 /etc/hosts",
+    ]);
+    assert_eq!(
+        (out.status.code(), text(&out.stdout).as_str()),
+        (Some(0), "busy\nbusy\n1\n1\n"),
+        "{}",
+        text(&out.stderr)
+    );
+
     // stdin reaches an interactive exec and its EOF ends it.
     let mut child = host
         .cmd(&["exec", "-i", "busy", "--", "/bin/cat"])

@@ -20,6 +20,9 @@ pub enum Event {
     Stop(String),
 }
 
+/// Told each config read: the debug level, and the container's identity for the wiring.
+pub type OnConfig = Box<dyn Fn(&ExecutorConfig) + Send>;
+
 /// How long the last SIGKILL to the process groups may take to be collected.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// The debug level at which the debug shell is on without its extension key.
@@ -36,7 +39,7 @@ pub struct Agent {
     events: mpsc::UnboundedReceiver<Event>,
     finished: mpsc::UnboundedReceiver<String>,
     loaded_once: bool,
-    on_debug_level: Box<dyn Fn(i32) + Send>,
+    on_config: OnConfig,
     attach: Option<std::sync::Arc<crate::attach::Shared>>,
     /// Every session and exec by ID, shared with the attach server.
     registry: Registry,
@@ -58,7 +61,7 @@ impl Agent {
         ctx: Arc<Ctx>,
         (reload, events): (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
         finished: mpsc::UnboundedReceiver<String>,
-        on_debug_level: Box<dyn Fn(i32) + Send>,
+        on_config: OnConfig,
     ) -> Self {
         Self {
             ctx,
@@ -68,7 +71,7 @@ impl Agent {
             events,
             finished,
             loaded_once: false,
-            on_debug_level,
+            on_config,
             attach: None,
             registry: Registry::default(),
             reload,
@@ -123,7 +126,7 @@ impl Agent {
         for w in warnings {
             tracing::warn!("config: {w}");
         }
-        (self.on_debug_level)(self.cfg.debug_level);
+        (self.on_config)(&self.cfg);
         tracing::debug!("config read in {:?}", reading.elapsed());
         let first = !self.loaded_once;
         self.loaded_once = true;

@@ -9,15 +9,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tether_proto::config::ExecutorConfig;
 use tether_proto::guestinfo::GuestInfo;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use crate::agent::{Agent, Ending, Event};
+use crate::agent::{Agent, Ending, Event, OnConfig};
 use crate::boot::pid1;
 use crate::guestinfo::Guestinfo;
 use crate::guestinfo::{open_guestinfo, virtio_port};
 use crate::logging;
+use crate::net::identity::Identity;
 use crate::session::outlog::{LogOpener, OutputLog};
 use crate::session::reaper::Reaper;
 use crate::session::{Ctx, Settings};
@@ -130,7 +132,7 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         ..Settings::default()
     };
     let output = output.map(|f| -> LogOpener { Box::new(move || Some(Box::new(f))) });
-    let ending = serve(gi, output, level, settings)?;
+    let ending = serve(gi, output, level, settings, None)?;
     tracing::info!("tether done: {ending:?}");
     Ok(0)
 }
@@ -203,16 +205,45 @@ pub fn pid1_main(boot: &pid1::BootSettings, level: logging::LevelHandle, root: R
             // Before any other thread: the backdoor's I/O permission is inherited only by later
             // threads. (COM4 and the backdoor need no module: this works in the initramfs.)
             let gi = open_guestinfo(&boot.guestinfo)?;
+            // The disk in place (the bootstrap thread's gate), then the container's identity in
+            // it (hostname, hosts, resolv.conf) once the config is known: launches wait for both.
+            let disk_ready = Arc::new(crate::gate::Gate::default());
             let root_ready = Arc::new(crate::gate::Gate::default());
+            let (config_tx, config_rx) = std::sync::mpsc::sync_channel::<ExecutorConfig>(1);
+            {
+                let (disk, root) = (disk_ready.clone(), root_ready.clone());
+                let own = Path::new(&boot.tether_dir).join("etc");
+                std::thread::Builder::new()
+                    .name("identity".into())
+                    .spawn(move || {
+                        let outcome = disk.wait_blocking().and_then(|()| {
+                            let cfg = config_rx
+                                .recv()
+                                .map_err(|_| "no config was read".to_string())?;
+                            let id = Identity::from_config(&cfg);
+                            crate::net::identity::apply(&id, Path::new("/etc"), &own)
+                                .inspect(|()| tracing::info!("hostname {:?}", id.hostname))
+                        });
+                        if let Err(e) = &outcome {
+                            tracing::error!("the container's identity: {e}");
+                        }
+                        root.open(outcome);
+                    })
+                    .context("starting the identity thread")?;
+            }
+            let on_config: OnConfig = Box::new(move |cfg| {
+                // The first config is the one applied (the receiver goes after it).
+                let _ = config_tx.try_send(cfg.clone());
+            });
             match root {
                 Root::Ready => {
-                    root_ready.open(Ok(()));
+                    disk_ready.open(Ok(()));
                     // The drivers the bootstrap stage left (virtio, NICs, IDE, fw_cfg, vsock)
                     // load beside the container's start.
                     crate::boot::start_late();
                 }
                 Root::Bootstrap(settings) => {
-                    let gate = root_ready.clone();
+                    let gate = disk_ready.clone();
                     std::thread::Builder::new()
                         .name("bootstrap".into())
                         .spawn(move || crate::boot::switch_root_then(&settings, &gate))
@@ -220,7 +251,7 @@ pub fn pid1_main(boot: &pid1::BootSettings, level: logging::LevelHandle, root: R
                 }
             }
             let output_log = boot.output_log.clone();
-            let ready = root_ready.clone();
+            let ready = disk_ready.clone();
             let output: LogOpener = Box::new(move || {
                 // Device paths resolve in the container's root, with its /dev and /sys.
                 if ready.wait_blocking().is_err() {
@@ -253,7 +284,7 @@ pub fn pid1_main(boot: &pid1::BootSettings, level: logging::LevelHandle, root: R
                 on_launch: Some(on_launch),
                 ..Settings::default()
             };
-            serve(gi, Some(output), level, settings)
+            serve(gi, Some(output), level, settings, Some(on_config))
         },
     ));
     match outcome {
@@ -271,6 +302,7 @@ fn serve(
     output: Option<LogOpener>,
     level: logging::LevelHandle,
     settings: Settings,
+    on_config: Option<OnConfig>,
 ) -> anyhow::Result<Ending> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -296,10 +328,13 @@ fn serve(
             finished: finished_tx,
         });
         watch_signals(events_tx.clone())?;
-        let on_level = Box::new(move |debug: i32| {
-            let _ = level.modify(|f| *f = logging::level_for(debug));
+        let on_config = Box::new(move |cfg: &ExecutorConfig| {
+            let _ = level.modify(|f| *f = logging::level_for(cfg.debug_level));
+            if let Some(f) = &on_config {
+                f(cfg);
+            }
         });
-        Agent::new(ctx, (events_tx, events_rx), finished_rx, on_level)
+        Agent::new(ctx, (events_tx, events_rx), finished_rx, on_config)
             .run()
             .await
             .map_err(|e| anyhow::anyhow!("reading the config: {e}"))

@@ -114,31 +114,43 @@ const LOOPBACK_CHECK: &str = "perl -MIO::Socket::INET -e '$l = IO::Socket::INET-
 
 #[test]
 fn init_runs_the_container_and_powers_the_namespace_off() {
-    let script = format!("echo hello from init; {LOOPBACK_CHECK}; test -d /dev/pts");
-    let h = Harness::new(&config(&["/bin/sh", "-c", &script]));
-    // A network namespace of its own, whose `lo` starts down: PID 1 brings it up.
-    let probe = Command::new("unshare")
-        .args([
-            "--pid",
-            "--fork",
-            "--mount",
-            "--net",
-            "--mount-proc",
-            "true",
-        ])
-        .output();
+    let script = format!(
+        "echo hello from init; {LOOPBACK_CHECK}; test -d /dev/pts; hostname; \
+         grep -c web.example.com /etc/hosts; grep '^nameserver' /etc/resolv.conf; \
+         grep -c bridge.localhost /etc/hosts; cat /etc/hostname"
+    );
+    let mut cfg = config(&["/bin/sh", "-c", &script]);
+    cfg.hostname = "web".into();
+    cfg.domainname = "example.com".into();
+    let mut bridge = tether_proto::config::NetworkEndpoint::default();
+    bridge.network.nameservers = vec!["192.0.2.53".parse().unwrap()];
+    bridge.assigned.ip = Some("192.0.2.10".parse().unwrap());
+    cfg.networks.insert("bridge".into(), bridge);
+    let h = Harness::new(&cfg);
+    // Network, UTS and mount namespaces of its own: `lo` starts down (PID 1 brings it up), and
+    // the hostname and the mounts over /etc/hosts, resolv.conf and hostname stay inside.
+    let unshare = [
+        "--pid",
+        "--fork",
+        "--mount",
+        "--net",
+        "--uts",
+        "--mount-proc",
+    ];
+    let probe = Command::new("unshare").args(unshare).arg("true").output();
     if !probe.is_ok_and(|o| o.status.success()) {
-        eprintln!("skipped: unshare --pid --mount --net is not allowed here");
+        eprintln!("skipped: unshare {unshare:?} is not allowed here");
         return;
     }
     let cmdline = format!(
-        "quiet tether.guestinfo={} tether.debug={} tether.output={}",
+        "quiet tether.guestinfo={} tether.debug={} tether.output={} tether.dir={}",
         h.vmx.display(),
         h.debug.display(),
-        h.out.display()
+        h.out.display(),
+        h.path("dot-tether").display()
     );
     let mut c = Command::new("unshare");
-    c.args(["--pid", "--fork", "--mount", "--net", "--mount-proc"])
+    c.args(unshare)
         .arg(tether_bin())
         .args(["init", "--cmdline", &cmdline]);
     let mut child = c.spawn().unwrap();
@@ -150,7 +162,16 @@ fn init_runs_the_container_and_powers_the_namespace_off() {
         "{status:?}\n{}",
         h.debug_text()
     );
-    assert_eq!(h.output(Stream::Stdout), "hello from init\nlo up\n");
+    assert_eq!(
+        h.output(Stream::Stdout),
+        "hello from init\nlo up\nweb.example.com\n2\nnameserver 192.0.2.53\n1\nweb.example.com\n",
+        "{}",
+        h.debug_text()
+    );
+    // The tether's own copies, in its directory.
+    let hosts = std::fs::read_to_string(h.path("dot-tether/etc/hosts")).unwrap();
+    assert!(hosts.contains("127.0.1.1\tweb.example.com\n"), "{hosts}");
+    assert!(hosts.contains("192.0.2.10\tbridge.localhost\n"), "{hosts}");
     assert_eq!(h.state().sessions[ID].exit_status, 0);
     assert!(
         h.debug_text().contains("powering off"),
@@ -163,7 +184,14 @@ fn init_runs_the_container_and_powers_the_namespace_off() {
 fn init_with_an_unreadable_config_reports_and_powers_off() {
     let h = Harness::new(&config(&["true"]));
     let probe = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount", "--mount-proc", "true"])
+        .args([
+            "--pid",
+            "--fork",
+            "--mount",
+            "--uts",
+            "--mount-proc",
+            "true",
+        ])
         .output();
     if !probe.is_ok_and(|o| o.status.success()) {
         eprintln!("skipped: unshare --pid --mount is not allowed here");
@@ -171,12 +199,13 @@ fn init_with_an_unreadable_config_reports_and_powers_off() {
     }
     // No VMware here: the default backdoor source is refused, and the tether says so and powers off.
     let cmdline = format!(
-        "tether.debug={} tether.output={}",
+        "tether.debug={} tether.output={} tether.dir={}",
         h.debug.display(),
-        h.out.display()
+        h.out.display(),
+        h.path("dot-tether").display()
     );
     let mut child = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount", "--mount-proc"])
+        .args(["--pid", "--fork", "--mount", "--uts", "--mount-proc"])
         .arg(tether_bin())
         .args(["init", "--cmdline", &cmdline])
         .spawn()

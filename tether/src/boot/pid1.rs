@@ -226,6 +226,9 @@ pub struct BootSettings {
     /// `tether.output=`: where session output goes; by default `auto`: the virtio port
     /// `org.tether.output` when the host offers one (QEMU), else COM3 (`/dev/ttyS2`) as on VMware.
     pub output_log: String,
+    /// `tether.dir=`: the tether's own directory in the container (VIC's `/.tether`), where its
+    /// copies of `/etc/hosts`, `resolv.conf` and `hostname` live.
+    pub tether_dir: String,
 }
 
 impl Default for BootSettings {
@@ -235,6 +238,7 @@ impl Default for BootSettings {
             attach: "serial:/dev/ttyS0".into(),
             debug_log: "/dev/ttyS1".into(),
             output_log: "auto".into(),
+            tether_dir: "/.tether".into(),
         }
     }
 }
@@ -251,6 +255,7 @@ impl BootSettings {
                 "tether.attach" => s.attach = value.into(),
                 "tether.debug" => s.debug_log = value.into(),
                 "tether.output" => s.output_log = value.into(),
+                "tether.dir" => s.tether_dir = value.into(),
                 _ => {}
             }
         }
