@@ -1,8 +1,7 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use clap::Parser as _;
-use tether::cli::{Cli, Command, ConfigCommand};
+use tether::cli::{Command, ConfigCommand};
 use tether::config_cmd;
 
 /// Bad input: a malformed line, value or JSON.
@@ -21,8 +20,22 @@ fn main() -> ExitCode {
             tether::run::init(None);
         }
     }
-    let cli = Cli::parse();
-    match cli.command {
+    let command = match tether::cli::parse(std::env::args_os().skip(1)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tether: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    match command {
+        Command::Help => {
+            print!("{}", tether::cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Version => {
+            println!("tether {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
         Command::Config(cmd) => run_config(cmd),
         Command::Init { cmdline } => tether::run::init(cmdline),
         Command::Run(opts) => match tether::run::run(opts) {

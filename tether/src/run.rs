@@ -24,33 +24,38 @@ use crate::session::outlog::{LogOpener, OutputLog};
 use crate::session::reaper::Reaper;
 use crate::session::{Ctx, Settings};
 
-#[derive(Debug, Clone, clap::Args)]
+/// `tether run`'s options (see [`crate::cli::USAGE`]).
+#[derive(Debug, Clone)]
 pub struct RunOptions {
-    /// Where the config comes from: a `.vmx`-style FILE, `unix:PATH` or `tcp:HOST:PORT` (framed
-    /// RPC, e.g. `vch guestinfo serve`), `serial:DEVICE` (the same over a serial port), or
-    /// `virtio:NAME` (a virtio-serial port), `backdoor` (`backdoor!` skips the VMware CPU check)
-    /// or `auto` (the backdoor on VMware, else COM4, `/dev/ttyS3`, where a QEMU host serves it).
-    #[arg(long)]
+    /// Where the config comes from (a file, `unix:`, `tcp:`/HOST:PORT, `serial:`, `virtio:`,
+    /// `backdoor`, `auto`).
     pub guestinfo: String,
-    /// The attach line: `HOST:PORT`, `tcp:HOST:PORT` or `unix:PATH` (the tether connects to the host, as the
-    /// VM's serial port does), or `serial:DEVICE`.
-    #[arg(long)]
+    /// The attach line (the tether connects to the host, as the VM's serial port does).
     pub attach: Option<String>,
     /// Where session output goes, in VIC's output.log format.
-    #[arg(long)]
     pub output_log: Option<PathBuf>,
     /// Where the tether's own diagnostics go (stderr when absent).
-    #[arg(long)]
     pub debug_log: Option<PathBuf>,
     /// Seconds between a session's stop signal and SIGKILL to its process group.
-    #[arg(long, default_value_t = 10.0)]
     pub stop_timeout: f64,
     /// Seconds a session's output may keep draining after it exits.
-    #[arg(long, default_value_t = 2.0)]
     pub drain_timeout: f64,
     /// Seconds a RunBlock session waits for `unblock` before it starts anyway.
-    #[arg(long, default_value_t = 60.0)]
     pub runblock_timeout: f64,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        Self {
+            guestinfo: String::new(),
+            attach: None,
+            output_log: None,
+            debug_log: None,
+            stop_timeout: 10.0,
+            drain_timeout: 2.0,
+            runblock_timeout: 60.0,
+        }
+    }
 }
 
 fn secs(s: f64) -> Duration {
