@@ -421,6 +421,50 @@ fn a_resize_right_after_unblock_reaches_the_process() {
     }
 }
 
+/// The exit status comes after every byte of output, even when the end of the output still
+/// waits in the connection for the client's window (a client that reads late and slowly).
+#[test]
+fn the_exit_status_comes_after_the_last_byte_to_a_client_that_reads_late_and_slowly() {
+    const BYTES: usize = 4 << 20;
+    let mut s = session(&[
+        "/bin/sh",
+        "-c",
+        &format!("head -c {BYTES} /dev/zero; exit 3"),
+    ]);
+    s.run_block = true;
+    with_tether(&config(s), |h| async move {
+        let mut ch = h
+            .open("attach", ID.as_bytes().to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(ch
+            .request("unblock", true, b"Unblock".to_vec())
+            .await
+            .unwrap());
+        // The process writes everything and exits while the client reads nothing.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let (mut got, mut status_at) = (0usize, None);
+        while let Some(ev) = ch.recv().await {
+            match ev {
+                ChannelEvent::Data(d) => {
+                    assert!(status_at.is_none(), "data after the exit status");
+                    got += d.len();
+                    // Slowly: the window opens a little at a time.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                ChannelEvent::Request { name, data } if name == "exit-status" => {
+                    assert_eq!(data, 3u32.to_be_bytes());
+                    status_at = Some(got);
+                }
+                ChannelEvent::Closed => break,
+                _ => {}
+            }
+        }
+        assert_eq!(status_at, Some(BYTES), "the status after all {BYTES} bytes");
+    });
+}
+
 #[test]
 fn ten_detach_reattach_cycles_each_see_only_their_own_echo() {
     let mut s = session(&["cat"]);

@@ -70,9 +70,16 @@ pub(super) async fn forward(
     tty: bool,
     mut outputs: mpsc::Receiver<Output>,
 ) {
-    let mut in_flight = std::collections::VecDeque::new();
+    let mut in_flight: std::collections::VecDeque<(usize, ssh::Queued)> = Default::default();
     let mut handed = 0usize;
     while let Some(out) = outputs.recv().await {
+        if !matches!(out, Output::Data(..)) {
+            // The end goes out after every byte before it: the connection sends a request at
+            // once, while data may still wait there for the client's window.
+            for (_, q) in in_flight.drain(..) {
+                let _ = q.sent().await;
+            }
+        }
         let sent = match out {
             Output::Data(stream, bytes) => {
                 let ext = (stream == Stream::Stderr && !tty).then_some(1);
