@@ -35,10 +35,11 @@ fn session(args: &[&str]) -> SessionConfig {
     }
 }
 
-fn write_config(path: &Path, primary: &[&str]) -> anyhow::Result<()> {
+/// A config with one session, `primary`, written as a `.vmx` file at `path`.
+fn write_config(path: &Path, primary: SessionConfig) -> anyhow::Result<()> {
     let mut c = ExecutorConfig::default();
     c.common.id = ID.into();
-    c.sessions.insert(ID.into(), session(primary));
+    c.sessions.insert(ID.into(), primary);
     let kv: KeyValues = c.encode().into_iter().collect();
     VmxFile::create(path, kv)?;
     Ok(())
@@ -53,7 +54,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn start_to_execve(tether: &Path, dir: &Path) -> anyhow::Result<f64> {
     let cfg = dir.join("start.vmx");
     let out = dir.join("start.log");
-    write_config(&cfg, &["date", "+%s%N"])?;
+    write_config(&cfg, session(&["date", "+%s%N"]))?;
     let _ = std::fs::remove_file(&out);
     let t0 = now_nanos();
     let status = Command::new(tether)
@@ -96,7 +97,7 @@ fn exec_latency_and_rss(tether: &Path, dir: &Path) -> anyhow::Result<(Vec<f64>, 
     let _ = std::fs::remove_file(&flag);
     let _ = std::fs::remove_file(&out);
     let script = format!("while [ ! -e {} ]; do sleep 0.01; done", flag.display());
-    write_config(&cfg, &["/bin/sh", "-c", &script])?;
+    write_config(&cfg, session(&["/bin/sh", "-c", &script]))?;
     let mut child = Command::new(tether)
         .args(["run", "--guestinfo"])
         .arg(&cfg)
@@ -169,11 +170,8 @@ fn with_attached<T>(
     primary: SessionConfig,
     f: impl AsyncFnOnce(&mut ssh::Channel, u32) -> anyhow::Result<T>,
 ) -> anyhow::Result<T> {
-    let mut c = ExecutorConfig::default();
-    c.common.id = ID.into();
-    c.sessions.insert(ID.into(), primary);
     let cfg = dir.join("attach.vmx");
-    VmxFile::create(&cfg, c.encode().into_iter().collect::<KeyValues>())?;
+    write_config(&cfg, primary)?;
     // One thread, as `vch` runs.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -501,11 +499,8 @@ fn user_path(
 fn vch_attach_rate(tether: &Path, vch: &Path, dir: &Path, bytes: u64) -> anyhow::Result<f64> {
     let mut s = session(&["head", "-c", &bytes.to_string(), "/dev/zero"]);
     s.run_block = true;
-    let mut c = ExecutorConfig::default();
-    c.common.id = ID.into();
-    c.sessions.insert(ID.into(), s);
     let cfg = dir.join("user-path.vmx");
-    VmxFile::create(&cfg, c.encode().into_iter().collect::<KeyValues>())?;
+    write_config(&cfg, s)?;
     let addr = format!("127.0.0.1:{}", free_port()?);
     let client = Command::new(vch)
         .args(["attach", "--listen", &addr, "--id", ID, "--timeout", "60"])

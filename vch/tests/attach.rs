@@ -328,6 +328,16 @@ where
     tether
 }
 
+/// An attach channel to session `id`, unblocked (its process launches).
+async fn attach_unblocked(h: &ssh::Handle, id: &[u8]) -> ssh::Channel {
+    let ch = h.open("attach", id.to_vec()).await.unwrap().unwrap();
+    assert!(ch
+        .request("unblock", true, b"Unblock".to_vec())
+        .await
+        .unwrap());
+    ch
+}
+
 async fn read_until(ch: &mut ssh::Channel, want: &[u8]) -> Vec<u8> {
     let mut got = Vec::new();
     while !got.windows(want.len()).any(|w| w == want) {
@@ -433,15 +443,7 @@ fn the_exit_status_comes_after_the_last_byte_to_a_client_that_reads_late_and_slo
     ]);
     s.run_block = true;
     with_tether(&config(s), |h| async move {
-        let mut ch = h
-            .open("attach", ID.as_bytes().to_vec())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(ch
-            .request("unblock", true, b"Unblock".to_vec())
-            .await
-            .unwrap());
+        let mut ch = attach_unblocked(&h, ID.as_bytes()).await;
         // The process writes everything and exits while the client reads nothing.
         tokio::time::sleep(Duration::from_millis(1500)).await;
         let (mut got, mut status_at) = (0usize, None);
@@ -652,11 +654,7 @@ fn exec_by_reload_request_is_pushed_to_the_host_and_attachable() {
             .unwrap()
             .unwrap();
         assert_eq!(ids, ["e1"]);
-        let mut ch = h.open("attach", b"e1".to_vec()).await.unwrap().unwrap();
-        assert!(ch
-            .request("unblock", true, b"Unblock".to_vec())
-            .await
-            .unwrap());
+        let mut ch = attach_unblocked(&h, b"e1").await;
         let (out, status) = output_and_status(&mut ch).await;
         assert_eq!(
             (out.as_slice(), status),
@@ -711,15 +709,7 @@ fn attach_over_a_serial_line() {
         let h = vch::attach::connect(line, Duration::from_secs(30))
             .await
             .unwrap();
-        let mut ch = h
-            .open("attach", ID.as_bytes().to_vec())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(ch
-            .request("unblock", true, b"Unblock".to_vec())
-            .await
-            .unwrap());
+        let mut ch = attach_unblocked(&h, ID.as_bytes()).await;
         let (out, status) = output_and_status(&mut ch).await;
         assert_eq!(
             (out.as_slice(), status),
