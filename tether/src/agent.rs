@@ -8,7 +8,7 @@ use std::time::Duration;
 use tether_proto::config::{ExecutorConfig, SessionConfig, SessionKind};
 use tokio::sync::mpsc;
 
-use crate::guestinfo as gi;
+use crate::guestinfo::{self as gi, Guestinfo};
 use crate::session::{Ctx, Registry, Session};
 
 /// What can happen to the tether from outside.
@@ -21,7 +21,7 @@ pub enum Event {
 }
 
 /// Told each config read: the debug level, and the container's identity for the wiring.
-pub type OnConfig = Box<dyn Fn(&ExecutorConfig) + Send>;
+pub type OnConfig = Box<dyn Fn(&ExecutorConfig, &Guestinfo) + Send>;
 
 /// How long the last SIGKILL to the process groups may take to be collected.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -126,7 +126,7 @@ impl Agent {
         for w in warnings {
             tracing::warn!("config: {w}");
         }
-        (self.on_config)(&self.cfg);
+        (self.on_config)(&self.cfg, &self.ctx.gi);
         tracing::debug!("config read in {:?}", reading.elapsed());
         let first = !self.loaded_once;
         self.loaded_once = true;

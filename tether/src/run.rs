@@ -5,7 +5,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -19,7 +19,9 @@ use crate::boot::pid1;
 use crate::guestinfo::Guestinfo;
 use crate::guestinfo::{open_guestinfo, virtio_port};
 use crate::logging;
-use crate::net::identity::Identity;
+use crate::net::endpoint::{Find, RealDhcp};
+use crate::net::link::Netlink;
+use crate::net::{EtcPaths, Network, Publish};
 use crate::session::outlog::{LogOpener, OutputLog};
 use crate::session::reaper::Reaper;
 use crate::session::{Ctx, Settings};
@@ -210,35 +212,43 @@ pub fn pid1_main(boot: &pid1::BootSettings, level: logging::LevelHandle, root: R
             // Before any other thread: the backdoor's I/O permission is inherited only by later
             // threads. (COM4 and the backdoor need no module: this works in the initramfs.)
             let gi = open_guestinfo(&boot.guestinfo)?;
-            // The disk in place (the bootstrap thread's gate), then the container's identity in
-            // it (hostname, hosts, resolv.conf) once the config is known: launches wait for both.
+            // The disk in place (the bootstrap thread's gate), then the container's network and
+            // identity in it (NICs, addresses, routes, hostname, hosts, resolv.conf) once the
+            // config is known: launches wait for both. The leases are kept on that thread after.
             let disk_ready = Arc::new(crate::gate::Gate::default());
             let root_ready = Arc::new(crate::gate::Gate::default());
-            let (config_tx, config_rx) = std::sync::mpsc::sync_channel::<ExecutorConfig>(1);
+            let (config_tx, config_rx) =
+                std::sync::mpsc::sync_channel::<(ExecutorConfig, Guestinfo)>(1);
+            let network: Arc<Mutex<Option<Arc<Mutex<Network>>>>> = Arc::default();
             {
-                let (disk, root) = (disk_ready.clone(), root_ready.clone());
-                let own = Path::new(&boot.tether_dir).join("etc");
+                let (disk, root, held) = (disk_ready.clone(), root_ready.clone(), network.clone());
+                let boot = boot.clone();
                 std::thread::Builder::new()
-                    .name("identity".into())
+                    .name("network".into())
                     .spawn(move || {
                         let outcome = disk.wait_blocking().and_then(|()| {
-                            let cfg = config_rx
+                            let (cfg, gi) = config_rx
                                 .recv()
                                 .map_err(|_| "no config was read".to_string())?;
-                            let id = Identity::from_config(&cfg);
-                            crate::net::identity::apply(&id, Path::new("/etc"), &own)
-                                .inspect(|()| tracing::info!("hostname {:?}", id.hostname))
+                            network_up(cfg, gi, &boot)
                         });
-                        if let Err(e) = &outcome {
-                            tracing::error!("the container's identity: {e}");
+                        match outcome {
+                            Ok((net, mut links)) => {
+                                *held.lock().unwrap_or_else(|p| p.into_inner()) = Some(net.clone());
+                                root.open(Ok(()));
+                                crate::net::keep_leases(&net, &mut links);
+                            }
+                            Err(e) => {
+                                tracing::error!("the container's network: {e}");
+                                root.open(Err(e));
+                            }
                         }
-                        root.open(outcome);
                     })
-                    .context("starting the identity thread")?;
+                    .context("starting the network thread")?;
             }
-            let on_config: OnConfig = Box::new(move |cfg| {
+            let on_config: OnConfig = Box::new(move |cfg, gi| {
                 // The first config is the one applied (the receiver goes after it).
-                let _ = config_tx.try_send(cfg.clone());
+                let _ = config_tx.try_send((cfg.clone(), gi.clone()));
             });
             match root {
                 Root::Ready => {
@@ -289,7 +299,13 @@ pub fn pid1_main(boot: &pid1::BootSettings, level: logging::LevelHandle, root: R
                 on_launch: Some(on_launch),
                 ..Settings::default()
             };
-            serve(gi, Some(output), level, settings, Some(on_config))
+            let ending = serve(gi, Some(output), level, settings, Some(on_config));
+            // DHCP leases go back to their servers before the power goes.
+            let held = network.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(net) = held {
+                net.lock().unwrap_or_else(|p| p.into_inner()).release();
+            }
+            ending
         },
     ));
     match outcome {
@@ -298,6 +314,41 @@ pub fn pid1_main(boot: &pid1::BootSettings, level: logging::LevelHandle, root: R
         Err(_) => tracing::error!("the tether panicked; powering off"),
     }
     pid1::power_off()
+}
+
+/// How long the network waits for a slot's NIC once no driver is loading any more, and at most.
+const NIC_GRACE: Duration = Duration::from_secs(2);
+const NIC_LIMIT: Duration = Duration::from_secs(60);
+/// How long DHCP may take to get a lease (VIC's 10 s).
+const DHCP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The container's network from its first config: NICs (their drivers hurried when the config
+/// has endpoints), addresses, routes and identity; the keys published through `gi`.
+fn network_up(
+    cfg: ExecutorConfig,
+    gi: Guestinfo,
+    boot: &pid1::BootSettings,
+) -> Result<(Arc<Mutex<Network>>, Netlink), String> {
+    if !cfg.networks.is_empty() {
+        crate::boot::hurry_late();
+    }
+    let find = Find {
+        sys: PathBuf::from(&boot.sys),
+        drivers_loading: &crate::boot::late_loading,
+        grace: NIC_GRACE,
+        limit: NIC_LIMIT,
+    };
+    let mut links = Netlink::open()?;
+    let mut dhcp = RealDhcp {
+        timeout: DHCP_TIMEOUT,
+    };
+    let paths = EtcPaths {
+        etc: PathBuf::from("/etc"),
+        own: Path::new(&boot.tether_dir).join("etc"),
+    };
+    let publish: Publish = Box::new(move |keys| gi.write("the network's state", keys));
+    let net = Network::bring_up(cfg, &find, &mut links, &mut dhcp, paths, publish)?;
+    Ok((net, links))
 }
 
 /// What process mode and PID 1 share: the runtime, the reaper, the output log, the guestinfo
@@ -333,10 +384,10 @@ fn serve(
             finished: finished_tx,
         });
         watch_signals(events_tx.clone())?;
-        let on_config = Box::new(move |cfg: &ExecutorConfig| {
+        let on_config = Box::new(move |cfg: &ExecutorConfig, gi: &Guestinfo| {
             let _ = level.modify(|f| *f = logging::level_for(cfg.debug_level));
             if let Some(f) = &on_config {
-                f(cfg);
+                f(cfg, gi);
             }
         });
         Agent::new(ctx, (events_tx, events_rx), finished_rx, on_config)

@@ -358,6 +358,17 @@ impl Node for NetworkEndpoint {
     }
 }
 
+impl NetworkEndpoint {
+    /// The keys the guest writes back for the endpoint of network `name`: its read-write fields
+    /// (the assigned address, gateway and name servers, the network's type), in VIC's spelling.
+    pub fn state(&self, name: &str) -> Vec<(String, String)> {
+        extraconfig::encode(self, &Path::root().field("networks").entry(name))
+            .into_iter()
+            .filter(|(k, _)| !extraconfig::is_read_only_key(k))
+            .collect()
+    }
+}
+
 /// The network (scope) an endpoint belongs to.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

@@ -19,5 +19,5 @@ fn say(line: &str) {
     tracing::info!("bootstrap: {line}");
 }
 
-pub use modules::{hurry_late, start_late, LATE_IDLE_AFTER_LAUNCH};
+pub use modules::{hurry_late, late_loading, start_late, LATE_IDLE_AFTER_LAUNCH};
 pub use stage::{early_mounts, switch_root_then, Settings};

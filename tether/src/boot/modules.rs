@@ -244,11 +244,14 @@ pub fn load_late() {
 struct LateThread {
     tid: i32,
     hurried: bool,
+    /// The late modules are all loaded (or failed): no driver will bring another device.
+    done: bool,
 }
 
 static LATE: std::sync::Mutex<LateThread> = std::sync::Mutex::new(LateThread {
     tid: 0,
     hurried: false,
+    done: false,
 });
 
 fn late_thread() -> std::sync::MutexGuard<'static, LateThread> {
@@ -279,8 +282,14 @@ pub(super) fn load_late_here(then: impl FnOnce()) {
         }
     }
     load_late();
+    late_thread().done = true;
     then();
     late_thread().tid = 0;
+}
+
+/// Whether the late modules may still bring devices (they have not all loaded yet).
+pub fn late_loading() -> bool {
+    !late_thread().done
 }
 
 /// How long after a launch the late modules still load at idle priority.

@@ -229,6 +229,8 @@ pub struct BootSettings {
     /// `tether.dir=`: the tether's own directory in the container (VIC's `/.tether`), where its
     /// copies of `/etc/hosts`, `resolv.conf` and `hostname` live.
     pub tether_dir: String,
+    /// `tether.sys=`: where the NICs' PCI devices are looked up (`/sys`; a test's own tree).
+    pub sys: String,
 }
 
 impl Default for BootSettings {
@@ -239,6 +241,7 @@ impl Default for BootSettings {
             debug_log: "/dev/ttyS1".into(),
             output_log: "auto".into(),
             tether_dir: "/.tether".into(),
+            sys: "/sys".into(),
         }
     }
 }
@@ -256,6 +259,7 @@ impl BootSettings {
                 "tether.debug" => s.debug_log = value.into(),
                 "tether.output" => s.output_log = value.into(),
                 "tether.dir" => s.tether_dir = value.into(),
+                "tether.sys" => s.sys = value.into(),
                 _ => {}
             }
         }

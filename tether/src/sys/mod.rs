@@ -1,9 +1,11 @@
 //! System calls the tether makes, behind small safe functions. The only `unsafe` is in
-//! [`spawn`] (fork/exec), [`ioctl`] (terminal window size, interface flags), [`asyncfd`] (runtime registration)
+//! [`spawn`] (fork/exec), [`ioctl`] (terminal window size, interface flags), [`packet`] (link-layer
+//! sockets for DHCP and ARP), [`asyncfd`] (runtime registration)
 //! and [`sched`] (a thread's scheduling policy).
 
 pub mod asyncfd;
 pub mod ioctl;
+pub mod packet;
 pub mod sched;
 pub mod serial;
 pub mod spawn;
