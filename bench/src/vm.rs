@@ -230,6 +230,7 @@ fn init_run(assets: &Path, disk: &Path, dir: &Path, want: usize) -> anyhow::Resu
         guestinfo: None,
         vsock: None,
         cmdline_extra: "",
+        nics: &[],
     };
     let t0 = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")

@@ -73,6 +73,8 @@ impl Host {
         c.args(args)
             .env("VCH_STATE", self.state.path())
             .env("VCH_ASSETS", assets())
+            // No test traffic leaves this machine: QEMU's user network with restrict=on.
+            .env("VCH_NET", "isolated")
             .stdin(Stdio::null());
         c
     }
@@ -530,4 +532,112 @@ fn a_resize_right_after_unblock_reaches_the_exec_under_qemu() {
     }
     let out = host.vch(&["stop", "rz"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+/// A free TCP port on the host's loopback (for QEMU's hostfwd to bind).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// One HTTP GET of `path` from 127.0.0.1:`port`: the body, or why not.
+fn http_get(port: u16, path: &str) -> Result<String, String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).map_err(|e| e.to_string())?;
+    match reply.split_once("\r\n\r\n") {
+        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
+            Ok(body.to_string())
+        }
+        _ => Err(format!("not a 200 reply: {reply:?}")),
+    }
+}
+
+#[test]
+fn the_user_network_leases_an_address_reaches_the_host_and_publishes_a_port() {
+    let Some(host) = Host::new() else { return };
+    // A page on the host's loopback, which the container fetches through QEMU's guestfwd.
+    let server = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let server_port = server.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read as _, Write as _};
+        for mut c in server.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 14\r\n\r\nfrom the host\n");
+        }
+    });
+    let published = free_port();
+    // The container shows its network, fetches the host's page, then serves one with busybox
+    // httpd on port 8080, published on the host's loopback.
+    let script = format!(
+        "grep nameserver /etc/resolv.conf; hostname; ip -o -4 addr show dev bridge | \
+         awk '{{print $4}}'; wget -q -O - http://10.0.2.100:{server_port}/; \
+         mkdir -p /www && echo from the container > /www/index.html && exec httpd -f -p 8080 -h /www"
+    );
+    let out = host.vch(&[
+        "run",
+        "-d",
+        "-p",
+        &format!("{published}:8080"),
+        "--host-port",
+        &server_port.to_string(),
+        "--",
+        "/bin/sh",
+        "-c",
+        &script,
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        host.debug_log()
+    );
+    let id = text(&out.stdout).trim().to_string();
+    // The host fetches the container's page through the published port.
+    let start = Instant::now();
+    let page = loop {
+        match http_get(published, "/") {
+            Ok(body) => break body,
+            Err(e) if start.elapsed() > Duration::from_secs(120) => {
+                panic!("no page from the container: {e}\n{}", host.debug_log())
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    assert_eq!(page, "from the container\n");
+    let logs = text(&host.vch(&["logs", &id]).stdout);
+    assert_eq!(
+        logs,
+        format!(
+            "nameserver 10.0.2.3\n{}\n10.0.2.15/24\nfrom the host\n",
+            &id[..12]
+        ),
+        "{}",
+        host.debug_log()
+    );
+    // The lease, as the tether wrote it back, in vch inspect.
+    let inspect = host.vch(&["inspect", &id]);
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let net = &v["NetworkSettings"]["Networks"]["bridge"];
+    assert_eq!(net["IPAddress"], "10.0.2.15", "{v}");
+    assert_eq!(net["IPPrefixLen"], 24, "{v}");
+    assert_eq!(net["Gateway"], "10.0.2.2", "{v}");
+    assert_eq!(net["DNS"], serde_json::json!(["10.0.2.3"]), "{v}");
+    assert_eq!(
+        net["Ports"],
+        serde_json::json!([format!("{published}:8080/tcp")]),
+        "{v}"
+    );
+    assert_eq!(v["State"]["Running"], true, "{v}");
+    let rm = host.vch(&["rm", "-f", &id]);
+    assert_eq!(rm.status.code(), Some(0), "{}", text(&rm.stderr));
 }

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use crate::container::{AttachLine, BootMode, RunSpec};
 use crate::guestinfo_server::ListenAddr;
 use crate::logs::Streams;
+use crate::network::{NetMode, PortSpec};
 
 #[derive(Debug, Parser)]
 #[command(name = "vch", version, about = "The host side of containerVMs")]
@@ -95,6 +96,9 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+    /// A containerVM's state as JSON: its process, and each network's address, gateway and name
+    /// servers as the tether reported them.
+    Inspect { container: String },
     /// Print a containerVM's output (or an output.log file, VIC's framed format) as plain text.
     Logs {
         /// A containerVM, or an output.log file.
@@ -184,6 +188,18 @@ pub struct RunArgs {
     /// The tether's attach line: COM1 (as VIC) or virtio-vsock (the kernel boot path only).
     #[arg(long, value_enum, default_value = "serial")]
     pub attach_line: AttachLine,
+    /// The container's network: `user` (QEMU's user network: DHCP, outbound NAT), `isolated`
+    /// (the same with nothing routed out: only published ports and --host-port reach across),
+    /// `none` (only lo).
+    #[arg(long = "net", env = "VCH_NET", value_enum, default_value = "user")]
+    pub net: NetMode,
+    /// Publish a container port on the host: [IP:]HOSTPORT:CTRPORT[/tcp|udp] (IP 127.0.0.1 when
+    /// absent).
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<PortSpec>,
+    /// Let the container reach the host's 127.0.0.1:PORT at 10.0.2.100:PORT (user networks).
+    #[arg(long = "host-port")]
+    pub host_ports: Vec<u16>,
     /// The command; the image's /hello when absent.
     #[arg(last = true)]
     pub command: Vec<String>,

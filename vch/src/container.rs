@@ -11,6 +11,8 @@ use tether_proto::config::{Cmd, Common, ExecutorConfig, SessionConfig, TetherExt
 use tether_proto::extraconfig::KeyValues;
 use tether_proto::guestinfo::vmx::VmxFile;
 
+use crate::network::{NetMode, PortSpec};
+
 /// The state root: `$VCH_STATE`, else `$XDG_STATE_HOME/vch`, else `~/.local/state/vch`.
 pub fn state_root() -> PathBuf {
     if let Some(p) = std::env::var_os("VCH_STATE") {
@@ -61,6 +63,19 @@ pub struct Meta {
     pub cmdline: String,
     #[serde(default)]
     pub attach_line: AttachLine,
+    #[serde(default)]
+    pub net: NetMode,
+    #[serde(default)]
+    pub publish: Vec<PortSpec>,
+    #[serde(default)]
+    pub host_ports: Vec<u16>,
+}
+
+impl Meta {
+    /// The container's NICs (see [`crate::network::nics`]).
+    pub fn nics(&self) -> Vec<crate::network::Nic> {
+        crate::network::nics(&self.id, self.net, &self.publish, &self.host_ports)
+    }
 }
 
 pub struct Container {

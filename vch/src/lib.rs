@@ -8,6 +8,7 @@ pub mod front;
 pub mod guestinfo_server;
 pub mod image;
 pub mod logs;
+pub mod network;
 pub mod output;
 pub mod qcow2;
 pub mod supervisor;

@@ -87,6 +87,7 @@ fn main() -> ExitCode {
             timeout,
         } => return run_async(line::ps_listen(listen, timeout)),
         Command::Ps { listen: None, .. } => show::ps(&root),
+        Command::Inspect { container } => show::inspect(&root, &container),
         Command::Logs {
             target,
             timestamps,

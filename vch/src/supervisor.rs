@@ -122,6 +122,7 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
                 (Listening::Unix(l), Some((backend, com1)), cmdline)
             }
         };
+        let nics = c.meta.nics();
         let vhost = c.vhost_socket();
         let disk = c.disk();
         let (debug, output, gi_sock) = (c.debug_log(), c.output_log(), c.gi_socket());
@@ -137,6 +138,7 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
             guestinfo: Some(&gi_sock),
             vsock: vsock.is_some().then_some(vhost.as_path()),
             cmdline_extra: &cmdline,
+            nics: &nics,
         };
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -56,6 +56,8 @@ pub struct VmSpec<'a> {
     /// A vhost-user vsock backend's socket, for a virtio-vsock device.
     pub vsock: Option<&'a Path>,
     pub cmdline_extra: &'a str,
+    /// The NICs, each at its PCI slot.
+    pub nics: &'a [crate::network::Nic],
 }
 
 /// QEMU's arguments for `spec`.
@@ -140,6 +142,17 @@ pub fn qemu_args(spec: &VmSpec<'_>) -> Vec<String> {
             &format!("socket,id=vhu0,path={}", vhu.display()),
             "-device",
             "vhost-user-vsock-pci,chardev=vhu0",
+        ]);
+    }
+    for (i, nic) in spec.nics.iter().enumerate() {
+        push(&[
+            "-netdev",
+            &format!("{},id=net{i}", nic.netdev),
+            "-device",
+            &format!(
+                "virtio-net-pci,netdev=net{i},mac={},addr=0x{:x}",
+                nic.mac, nic.slot
+            ),
         ]);
     }
     match spec.boot {
@@ -245,6 +258,7 @@ fn probe_kvm(assets: &Path, deadline: Duration) -> anyhow::Result<()> {
         guestinfo: None,
         vsock: None,
         cmdline_extra: "tether.rootwait=0",
+        nics: &[],
     };
     let mut child = std::process::Command::new("qemu-system-x86_64")
         .args(qemu_args(&spec))
@@ -290,6 +304,7 @@ mod tests {
             guestinfo: Some(Path::new("/s/gi.sock")),
             vsock: None,
             cmdline_extra: "",
+            nics: &[],
         };
         let a = qemu_args(&spec).join(" ");
         // COM1, COM2, COM3, COM4 in order: attach (TCP client), debug, output, guestinfo.
@@ -315,6 +330,7 @@ mod tests {
         let k = qemu_args(&VmSpec {
             boot: BootMode::Kernel,
             cmdline_extra: "tether.rootwait=5",
+            nics: &[],
             ..spec
         });
         let append = k.iter().position(|x| x == "-append").unwrap();

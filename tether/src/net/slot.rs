@@ -60,7 +60,24 @@ pub fn interface(sys: &Path, slot: u32) -> Result<String, String> {
             }
         }
     };
-    let net = device.join("net");
+    // A virtio NIC's interface sits one level down, under its virtio device (`virtioN/net`).
+    let virtio_net = || {
+        std::fs::read_dir(&device)
+            .ok()?
+            .flatten()
+            .map(|e| e.path().join("net"))
+            .find(|p| {
+                p.parent()
+                    .and_then(|d| d.file_name())
+                    .is_some_and(|n| n.to_string_lossy().starts_with("virtio"))
+                    && p.is_dir()
+            })
+    };
+    let direct = device.join("net");
+    let net = match direct.is_dir() {
+        true => direct,
+        false => virtio_net().unwrap_or(direct),
+    };
     let names: Vec<String> = std::fs::read_dir(&net)
         .map_err(|e| {
             format!(
@@ -116,6 +133,10 @@ mod tests {
         std::fs::create_dir_all(devices.join("0000:00:07.0/net/b")).unwrap();
         assert_eq!(interface(t.path(), 5).as_deref(), Ok("eth0"));
         assert_eq!(interface(t.path(), 192).as_deref(), Ok("ens192"));
+        // A virtio NIC (QEMU): the interface under the virtio device.
+        std::fs::create_dir_all(devices.join("0000:00:10.0/virtio2/net/eth1")).unwrap();
+        std::fs::create_dir_all(devices.join("0000:00:10.0/msi_irqs")).unwrap();
+        assert_eq!(interface(t.path(), 16).as_deref(), Ok("eth1"));
         let missing = interface(t.path(), 6).unwrap_err();
         assert!(
             missing.contains("slot 6") && missing.contains("0000:00:06.0"),

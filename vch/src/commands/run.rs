@@ -65,12 +65,17 @@ pub async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
         memory_mib: args.memory,
         cmdline: args.cmdline,
         attach_line: args.attach_line,
+        net: args.net,
+        publish: args.publish,
+        host_ports: args.host_ports,
     };
     if meta.attach_line == AttachLine::Vsock && meta.boot == BootMode::Iso {
         bail!("--attach-line vsock needs --boot kernel (the ISO's command line is fixed)");
     }
     crate::vm::check_assets(&crate::vm::assets_dir(), meta.boot)?;
-    let c = Container::create(&root, meta, &executor_config(&id, &name, &spec))?;
+    let mut cfg = executor_config(&id, &name, &spec);
+    crate::network::add_endpoints(&mut cfg, meta.net, &meta.nics(), &meta.publish);
+    let c = Container::create(&root, meta, &cfg)?;
     start_supervisor(&c)?;
     let booted = wait_for(Duration::from_secs(180), || {
         c.ctl_socket().exists() || !c.running()

@@ -41,6 +41,58 @@ pub fn ps(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `vch inspect NAME`: the container's state as JSON, from its meta and the keys the tether
+/// wrote back (docker's field names where docker has one).
+pub fn inspect(root: &Path, what: &str) -> anyhow::Result<()> {
+    let c = Container::find(root, what)?;
+    let cfg = c.config()?;
+    let session = cfg.sessions.get(&c.meta.id);
+    let started = session.map(|s| s.started.clone()).unwrap_or_default();
+    let nics = c.meta.nics();
+    let networks: serde_json::Map<String, serde_json::Value> = cfg
+        .networks
+        .iter()
+        .map(|(name, e)| {
+            let prefix = |m: Option<std::net::IpAddr>| match m {
+                Some(std::net::IpAddr::V4(m)) => u32::from(m).leading_ones(),
+                Some(std::net::IpAddr::V6(m)) => u128::from(m).leading_ones(),
+                None => 0,
+            };
+            let mac = nics
+                .iter()
+                .find(|n| n.slot.to_string() == e.common.id)
+                .map(|n| n.mac.clone());
+            let v = serde_json::json!({
+                "IPAddress": e.assigned.ip.map(|i| i.to_string()).unwrap_or_default(),
+                "IPPrefixLen": prefix(e.assigned.mask),
+                "Gateway": e.network.assigned.gateway.ip.map(|i| i.to_string()).unwrap_or_default(),
+                "DNS": e.network.assigned.nameservers.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+                "MacAddress": mac.unwrap_or_default(),
+                "PciSlot": e.common.id,
+                "Ports": e.ports,
+            });
+            (name.clone(), v)
+        })
+        .collect();
+    let running = c.vm_running();
+    let v = serde_json::json!({
+        "Id": c.meta.id,
+        "Name": c.meta.name,
+        "Image": c.meta.image.display().to_string(),
+        "Cmd": c.meta.command,
+        "State": {
+            "Status": if running { "running" } else if c.exit_status().is_some() { "exited" } else { "created" },
+            "Running": running,
+            "ExitCode": c.exit_status(),
+            "Started": started,
+        },
+        "Config": { "Hostname": cfg.hostname },
+        "NetworkSettings": { "Networks": networks },
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
 /// `vch logs TARGET`: a containerVM's output (or an output.log file) as plain text.
 pub fn logs(root: &Path, target: PathBuf, opts: LogOptions) -> anyhow::Result<()> {
     let file = if target.is_file() {
