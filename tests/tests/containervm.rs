@@ -641,3 +641,109 @@ fn the_user_network_leases_an_address_reaches_the_host_and_publishes_a_port() {
     let rm = host.vch(&["rm", "-f", &id]);
     assert_eq!(rm.status.code(), Some(0), "{}", text(&rm.stderr));
 }
+
+#[test]
+fn containervms_on_a_vch_network_reach_each_other_by_name_and_alias() {
+    let Some(host) = Host::new() else { return };
+    let ok = |out: &Output| {
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            text(&out.stderr),
+            host.debug_log()
+        );
+        text(&out.stdout)
+    };
+    ok(&host.vch(&["network", "create", "front"]));
+    ok(&host.vch(&["network", "create", "back", "--subnet", "192.168.77.0/24"]));
+    // A server on the network, under its name and an alias.
+    ok(&host.vch(&[
+        "run",
+        "-d",
+        "--net",
+        "none",
+        "--name",
+        "web",
+        "--network",
+        "front",
+        "--network-alias",
+        "www",
+        "--",
+        "/bin/sh",
+        "-c",
+        "mkdir -p /www && echo served by web > /www/index.html && exec httpd -f -p 80 -h /www",
+    ]));
+    // A client on both networks, with a chosen address on the first: it fetches the page by
+    // the server's name and by its alias, through the network's DNS (dnsmasq on the gateway).
+    // Its resolv.conf lists both networks' servers (in VIC's endpoint order, by name): `back`'s
+    // does not know `web` and refuses, so the resolver asks `front`'s.
+    let out = ok(&host.vch(&[
+        "run",
+        "--net",
+        "none",
+        "--name",
+        "client",
+        "--network",
+        "front",
+        "--network",
+        "back",
+        "--ip",
+        "10.89.1.50",
+        "--",
+        "/bin/sh",
+        "-c",
+        "for n in web www; do for i in 1 2 3 4 5 6 7 8 9 10; do \
+         wget -q -O - http://$n/ && break; sleep 1; done; done; \
+         ip -o -4 addr | awk '$2 != \"lo\" {print $2, $4}'; grep nameserver /etc/resolv.conf",
+    ]));
+    assert_eq!(
+        out,
+        "served by web\nserved by web\nfront 10.89.1.50/24\nback 192.168.77.2/24\n\
+         nameserver 192.168.77.1\nnameserver 10.89.1.1\n",
+        "{}",
+        host.debug_log()
+    );
+    let inspect: serde_json::Value =
+        serde_json::from_str(&ok(&host.vch(&["network", "inspect", "front"]))).unwrap();
+    let members: Vec<(String, String)> = inspect["Containers"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| {
+            (
+                c["Name"].as_str().unwrap().to_string(),
+                c["IPv4Address"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        members.contains(&("web".into(), "10.89.1.2/24".into())),
+        "{inspect}"
+    );
+    assert!(
+        members.contains(&("client".into(), "10.89.1.50/24".into())),
+        "{inspect}"
+    );
+    // In use: refused; once the containers are gone, the network and its namespace go.
+    let busy = host.vch(&["network", "rm", "front"]);
+    assert!(
+        text(&busy.stderr).contains("in use by web"),
+        "{}",
+        text(&busy.stderr)
+    );
+    let netns = inspect["Namespace"].as_str().unwrap().to_string();
+    ok(&host.vch(&["rm", "-f", "web"]));
+    ok(&host.vch(&["rm", "client"]));
+    ok(&host.vch(&["network", "rm", "front"]));
+    ok(&host.vch(&["network", "rm", "back"]));
+    assert!(
+        !Path::new("/run/netns").join(&netns).exists(),
+        "{netns} is left"
+    );
+    assert_eq!(
+        ok(&host.vch(&["network", "ls"])).lines().count(),
+        1,
+        "only the heading"
+    );
+}

@@ -96,6 +96,9 @@ pub enum Command {
         #[arg(long, default_value_t = 60)]
         timeout: u64,
     },
+    /// Bridge networks of containerVMs (needs root, ip and dnsmasq).
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// A containerVM's state as JSON: its process, and each network's address, gateway and name
     /// servers as the tether reported them.
     Inspect { container: String },
@@ -190,9 +193,18 @@ pub struct RunArgs {
     pub attach_line: AttachLine,
     /// The container's network: `user` (QEMU's user network: DHCP, outbound NAT), `isolated`
     /// (the same with nothing routed out: only published ports and --host-port reach across),
-    /// `none` (only lo).
-    #[arg(long = "net", env = "VCH_NET", value_enum, default_value = "user")]
-    pub net: NetMode,
+    /// `none` (only lo). The default: `user`, or `none` when --network is given.
+    #[arg(long = "net", env = "VCH_NET", value_enum)]
+    pub net: Option<NetMode>,
+    /// A bridge network to join (`vch network create`); repeat for several (one NIC each).
+    #[arg(long = "network")]
+    pub networks: Vec<String>,
+    /// The address on the (first) bridge network; the first free one when absent.
+    #[arg(long)]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// More names the container answers to on its bridge networks.
+    #[arg(long = "network-alias")]
+    pub network_aliases: Vec<String>,
     /// Publish a container port on the host: [IP:]HOSTPORT:CTRPORT[/tcp|udp] (IP 127.0.0.1 when
     /// absent).
     #[arg(short = 'p', long = "publish")]
@@ -243,4 +255,22 @@ pub enum GuestinfoCommand {
         #[arg(long)]
         listen: ListenAddr,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Make a bridge network: a bridge in a network namespace of its own, with dnsmasq for
+    /// DHCP and names.
+    Create {
+        name: String,
+        /// The subnet (A.B.C.D/N); the first free 10.89.N.0/24 when absent.
+        #[arg(long)]
+        subnet: Option<String>,
+    },
+    /// The bridge networks.
+    Ls,
+    /// Remove a bridge network no running container is on.
+    Rm { name: String },
+    /// A bridge network and its containers, as JSON.
+    Inspect { name: String },
 }

@@ -69,12 +69,22 @@ pub struct Meta {
     pub publish: Vec<PortSpec>,
     #[serde(default)]
     pub host_ports: Vec<u16>,
+    /// The bridge networks it is on (`vch network`).
+    #[serde(default)]
+    pub networks: Vec<crate::bridge::Attachment>,
 }
 
 impl Meta {
     /// The container's NICs (see [`crate::network::nics`]).
     pub fn nics(&self) -> Vec<crate::network::Nic> {
-        crate::network::nics(&self.id, self.net, &self.publish, &self.host_ports)
+        let bridges: Vec<String> = self.networks.iter().map(|a| a.network.clone()).collect();
+        crate::network::nics(
+            &self.id,
+            self.net,
+            &self.publish,
+            &self.host_ports,
+            &bridges,
+        )
     }
 }
 

@@ -1,6 +1,7 @@
 //! `vch`: plays the VCH's part for containerVMs under QEMU/KVM and for the tether in process mode.
 
 pub mod attach;
+pub mod bridge;
 pub mod cli;
 pub mod commands;
 pub mod container;

@@ -88,6 +88,7 @@ fn main() -> ExitCode {
         } => return run_async(line::ps_listen(listen, timeout)),
         Command::Ps { listen: None, .. } => show::ps(&root),
         Command::Inspect { container } => show::inspect(&root, &container),
+        Command::Network(n) => show::network(&root, n),
         Command::Logs {
             target,
             timestamps,

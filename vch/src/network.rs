@@ -93,8 +93,10 @@ impl std::fmt::Display for PortSpec {
 pub struct Nic {
     pub slot: u32,
     pub mac: String,
-    /// `-netdev`'s value without the id.
+    /// `-netdev`'s value without the id (for a tap, filled in once it is open).
     pub netdev: String,
+    /// The bridge network whose tap backs this NIC (see [`crate::bridge`]).
+    pub tap: Option<String>,
 }
 
 /// A stable, locally administered MAC for NIC `n` of container `id`.
@@ -106,11 +108,27 @@ pub fn mac(id: &str, n: u8) -> String {
     format!("02:54:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], n)
 }
 
-/// The NICs of a container with `mode`, its published ports and the host's loopback ports it
-/// may reach.
-pub fn nics(id: &str, mode: NetMode, publish: &[PortSpec], host_ports: &[u16]) -> Vec<Nic> {
+/// The NICs of a container: the user network's (with `mode`, its published ports and the
+/// host's loopback ports it may reach) at [`FIRST_NIC_SLOT`], then one per bridge network.
+pub fn nics(
+    id: &str,
+    mode: NetMode,
+    publish: &[PortSpec],
+    host_ports: &[u16],
+    bridges: &[String],
+) -> Vec<Nic> {
+    let mut out: Vec<Nic> = bridges
+        .iter()
+        .enumerate()
+        .map(|(i, net)| Nic {
+            slot: FIRST_NIC_SLOT + 1 + i as u32,
+            mac: mac(id, 1 + i as u8),
+            netdev: String::new(),
+            tap: Some(net.clone()),
+        })
+        .collect();
     if mode == NetMode::None {
-        return Vec::new();
+        return out;
     }
     let mut netdev = String::from("user");
     if mode == NetMode::Isolated {
@@ -128,11 +146,16 @@ pub fn nics(id: &str, mode: NetMode, publish: &[PortSpec], host_ports: &[u16]) -
             ",guestfwd=tcp:{HOST_ALIAS_IP}:{port}-tcp:127.0.0.1:{port}"
         ));
     }
-    vec![Nic {
-        slot: FIRST_NIC_SLOT,
-        mac: mac(id, 0),
-        netdev,
-    }]
+    out.insert(
+        0,
+        Nic {
+            slot: FIRST_NIC_SLOT,
+            mac: mac(id, 0),
+            netdev,
+            tap: None,
+        },
+    );
+    out
 }
 
 /// QEMU's user network: its gateway and DNS server.
@@ -145,13 +168,23 @@ const USER_DNS: &str = "10.0.2.3";
 /// isolated network QEMU's DHCP names no gateway or DNS server, so the config does (as VIC's VCH
 /// does for its bridge networks).
 pub fn add_endpoints(cfg: &mut ExecutorConfig, mode: NetMode, nics: &[Nic], publish: &[PortSpec]) {
-    for nic in nics {
+    let has_user = nics.iter().any(|n| n.tap.is_none());
+    for (i, nic) in nics.iter().enumerate() {
         let mut e = NetworkEndpoint::default();
         e.common.id = nic.slot.to_string();
+        e.network.network_type = "bridge".into();
+        // The default route: the user network's, else the first bridge network's.
+        e.network.default = i == 0;
+        if let Some(net) = &nic.tap {
+            // On a bridge network, dnsmasq's reservation gives the address, gateway and DNS.
+            e.common.name = net.clone();
+            e.network.common.name = net.clone();
+            e.network.default = !has_user && i == 0;
+            cfg.networks.insert(net.clone(), e);
+            continue;
+        }
         e.common.name = USER_NETWORK.into();
         e.network.common.name = USER_NETWORK.into();
-        e.network.network_type = "bridge".into();
-        e.network.default = true;
         e.ports = publish.iter().map(ToString::to_string).collect();
         if mode == NetMode::Isolated {
             let gw: IpAddr = USER_GATEWAY.parse().expect("an address");
@@ -187,7 +220,13 @@ mod tests {
     #[test]
     fn a_user_nic_sits_at_its_slot_with_forwards_and_restriction() {
         let p: PortSpec = "8080:80".parse().unwrap();
-        let n = nics("abc", NetMode::Isolated, std::slice::from_ref(&p), &[9000]);
+        let n = nics(
+            "abc",
+            NetMode::Isolated,
+            std::slice::from_ref(&p),
+            &[9000],
+            &[],
+        );
         assert_eq!(n.len(), 1);
         assert_eq!(n[0].slot, 16);
         assert_eq!(
@@ -197,8 +236,23 @@ mod tests {
         );
         assert_eq!(n[0].mac, mac("abc", 0));
         assert_ne!(mac("abc", 0), mac("abd", 0));
-        assert!(nics("abc", NetMode::None, &[], &[]).is_empty());
-        assert_eq!(nics("abc", NetMode::User, &[], &[])[0].netdev, "user");
+        assert!(nics("abc", NetMode::None, &[], &[], &[]).is_empty());
+        assert_eq!(nics("abc", NetMode::User, &[], &[], &[])[0].netdev, "user");
+        // Bridge networks after the user network's, each at the next slot with its own MAC.
+        let b = nics("abc", NetMode::User, &[], &[], &["n1".into(), "n2".into()]);
+        let slots: Vec<u32> = b.iter().map(|n| n.slot).collect();
+        assert_eq!(slots, [16, 17, 18]);
+        assert_eq!(b[2].tap.as_deref(), Some("n2"));
+        assert_ne!(b[1].mac, b[2].mac);
+        let mut two = ExecutorConfig::default();
+        add_endpoints(&mut two, NetMode::None, &b[1..], &[]);
+        assert_eq!(two.networks["n1"].common.id, "17");
+        assert_eq!(two.networks["n1"].common.name, "n1");
+        assert!(
+            two.networks["n1"].network.default,
+            "the first when there is no user network"
+        );
+        assert!(!two.networks["n2"].network.default);
         let mut cfg = ExecutorConfig::default();
         add_endpoints(&mut cfg, NetMode::Isolated, &n, &[p]);
         let e = &cfg.networks[USER_NETWORK];

@@ -122,7 +122,22 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
                 (Listening::Unix(l), Some((backend, com1)), cmdline)
             }
         };
-        let nics = c.meta.nics();
+        // Each bridge network's NIC gets a tap on that network's bridge, its descriptor handed
+        // to QEMU (kept open here until QEMU is gone).
+        let mut nics = c.meta.nics();
+        let mut taps = Vec::new();
+        for (i, nic) in nics.iter_mut().enumerate() {
+            if let Some(net) = nic.tap.clone() {
+                let n = crate::bridge::Network::load(c.dir.parent().unwrap_or(&c.dir), &net)?;
+                let fd = n.tap(&format!("t{}{i}", &c.meta.id[..10]))?;
+                nix::fcntl::fcntl(
+                    &fd,
+                    nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+                )?;
+                nic.netdev = format!("tap,fd={}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+                taps.push(fd);
+            }
+        }
         let vhost = c.vhost_socket();
         let disk = c.disk();
         let (debug, output, gi_sock) = (c.debug_log(), c.output_log(), c.gi_socket());

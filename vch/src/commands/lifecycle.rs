@@ -91,6 +91,11 @@ pub fn rm(root: &Path, container: &str, force: bool) -> anyhow::Result<()> {
         // (it leaves within a minute at most) before the state can go.
         wait_until(Duration::from_secs(70), || !c.running());
     }
+    for a in &c.meta.networks {
+        if let Ok(n) = crate::bridge::Network::load(root, &a.network) {
+            n.unregister(root, &c.meta.id);
+        }
+    }
     std::fs::remove_dir_all(&c.dir)?;
     println!("{}", c.meta.name);
     Ok(())

@@ -65,10 +65,29 @@ pub async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
         memory_mib: args.memory,
         cmdline: args.cmdline,
         attach_line: args.attach_line,
-        net: args.net,
+        net: args.net.unwrap_or(if args.networks.is_empty() {
+            crate::network::NetMode::User
+        } else {
+            crate::network::NetMode::None
+        }),
         publish: args.publish,
         host_ports: args.host_ports,
+        networks: Vec::new(),
     };
+    let mut meta = meta;
+    // An address on each bridge network (--ip on the first), before the NICs are laid out.
+    let mut joined = Vec::new();
+    for (i, net) in args.networks.iter().enumerate() {
+        let n = crate::bridge::Network::load(&root, net)?;
+        let wanted = if i == 0 { args.ip } else { None };
+        let ip = n.allocate(&root, wanted)?;
+        meta.networks.push(crate::bridge::Attachment {
+            network: net.clone(),
+            ip,
+            aliases: args.network_aliases.clone(),
+        });
+        joined.push(n);
+    }
     if meta.attach_line == AttachLine::Vsock && meta.boot == BootMode::Iso {
         bail!("--attach-line vsock needs --boot kernel (the ISO's command line is fixed)");
     }
@@ -76,6 +95,15 @@ pub async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
     let mut cfg = executor_config(&id, &name, &spec);
     crate::network::add_endpoints(&mut cfg, meta.net, &meta.nics(), &meta.publish);
     let c = Container::create(&root, meta, &cfg)?;
+    // The network's DHCP server reserves each NIC's address, and its DNS knows the names.
+    let nics = c.meta.nics();
+    for (n, a) in joined.iter().zip(&c.meta.networks) {
+        let nic = nics
+            .iter()
+            .find(|x| x.tap.as_deref() == Some(n.name.as_str()));
+        let mac = nic.map(|x| x.mac.clone()).unwrap_or_default();
+        n.register(&root, &c.meta.id, &mac, &name, a)?;
+    }
     start_supervisor(&c)?;
     let booted = wait_for(Duration::from_secs(180), || {
         c.ctl_socket().exists() || !c.running()

@@ -41,6 +41,34 @@ pub fn ps(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `vch network ...`.
+pub fn network(root: &Path, cmd: crate::cli::NetworkCommand) -> anyhow::Result<()> {
+    use crate::bridge::Network;
+    use crate::cli::NetworkCommand as N;
+    match cmd {
+        N::Create { name, subnet } => {
+            Network::create(root, &name, subnet.as_deref())?;
+            println!("{name}");
+        }
+        N::Ls => {
+            println!("{:<16}  {:<18}  GATEWAY", "NAME", "SUBNET");
+            for n in Network::all(root) {
+                let subnet = format!("{}/{}", n.subnet, n.prefix);
+                println!("{:<16}  {:<18}  {}", n.name, subnet, n.gateway);
+            }
+        }
+        N::Rm { name } => {
+            Network::remove(root, &name)?;
+            println!("{name}");
+        }
+        N::Inspect { name } => {
+            let n = Network::load(root, &name)?;
+            println!("{}", serde_json::to_string_pretty(&n.inspect(root))?);
+        }
+    }
+    Ok(())
+}
+
 /// `vch inspect NAME`: the container's state as JSON, from its meta and the keys the tether
 /// wrote back (docker's field names where docker has one).
 pub fn inspect(root: &Path, what: &str) -> anyhow::Result<()> {
