@@ -281,6 +281,8 @@ fn ours_run(
         .args(args)
         .env("VCH_STATE", state)
         .env("VCH_ASSETS", assets)
+        // A network, when a run has one, is QEMU's user network with nothing routed out.
+        .env("VCH_NET", "isolated")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -329,11 +331,15 @@ pub fn run(vch: &Path, assets: &Path) -> anyhow::Result<()> {
     let floor = floor_assets(dir.path(), assets)?;
     println!("# containerVMs under QEMU (TCG, 1 vCPU, 256 MiB; medians of {BOOT_RUNS} rounds for start times, {RUNS} for throughput)");
     let (mut base, mut low, mut kernel, mut iso) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut networked = Vec::new();
+    // Like for like with the baseline (which has no NIC): --net none; then the same container
+    // with its network configured before the launch (a NIC, DHCP from QEMU).
     for _ in 0..BOOT_RUNS {
         base.push(init_run(&first_only, &disk, dir.path(), 6)?.0);
         low.push(init_run(&floor, &disk, dir.path(), 1)?.0);
-        kernel.push(ours_run(vch, assets, &state, &[])?.0);
-        iso.push(ours_run(vch, assets, &state, &["--boot", "iso"])?.0);
+        kernel.push(ours_run(vch, assets, &state, &["--net", "none"])?.0);
+        iso.push(ours_run(vch, assets, &state, &["--net", "none", "--boot", "iso"])?.0);
+        networked.push(ours_run(vch, assets, &state, &[])?.0);
     }
     let runs = |v: &[f64]| {
         v.iter()
@@ -342,11 +348,12 @@ pub fn run(vch: &Path, assets: &Path) -> anyhow::Result<()> {
             .join(" ")
     };
     println!(
-        "runs (s): baseline {}; floor {}; kernel path {}; bootstrap.iso {}",
+        "runs (s): baseline {}; floor {}; kernel path {}; bootstrap.iso {}; with a network {}",
         runs(&base),
         runs(&low),
         runs(&kernel),
-        runs(&iso)
+        runs(&iso),
+        runs(&networked)
     );
     // Noise only ever adds time: the fastest run of each kind is the other estimate, and the
     // median of each round's own ratio cancels drift across rounds.
@@ -359,7 +366,13 @@ pub fn run(vch: &Path, assets: &Path) -> anyhow::Result<()> {
         paired(&iso, &kernel),
     );
     let (bm, fm, km, im) = (min(&base), min(&low), min(&kernel), min(&iso));
+    let with_net = paired(&networked, &kernel);
     let (b, f, k, i) = (median(base), median(low), median(kernel), median(iso));
+    let n = median(networked);
+    println!(
+        "with its network (a virtio NIC on QEMU's user network, DHCP before the launch): {n:.2} s, {:+.2} s over --net none (per round {with_net:.2}x)",
+        n - k
+    );
     println!(
         "start to the container's first output byte on the host: vch run (kernel) {k:.2} s, baseline init {b:.2} s, ratio {:.2} (target <= 1.15); fastest runs {km:.2} vs {bm:.2}: {:.2}; per round: {kb:.2}",
         k / b,

@@ -657,12 +657,15 @@ fn containervms_on_a_vch_network_reach_each_other_by_name_and_alias() {
     };
     ok(&host.vch(&["network", "create", "front"]));
     ok(&host.vch(&["network", "create", "back", "--subnet", "192.168.77.0/24"]));
-    // A server on the network, under its name and an alias.
+    // A server on the network, under its name and an alias, its port published on the host.
+    let published = free_port();
     ok(&host.vch(&[
         "run",
         "-d",
         "--net",
         "none",
+        "-p",
+        &format!("{published}:80"),
         "--name",
         "web",
         "--network",
@@ -704,6 +707,8 @@ fn containervms_on_a_vch_network_reach_each_other_by_name_and_alias() {
         "{}",
         host.debug_log()
     );
+    // The host reaches it through the published port (a forwarder into the network).
+    assert_eq!(http_get(published, "/").unwrap(), "served by web\n");
     let inspect: serde_json::Value =
         serde_json::from_str(&ok(&host.vch(&["network", "inspect", "front"]))).unwrap();
     let members: Vec<(String, String)> = inspect["Containers"]

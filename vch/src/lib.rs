@@ -5,6 +5,7 @@ pub mod bridge;
 pub mod cli;
 pub mod commands;
 pub mod container;
+pub mod forward;
 pub mod front;
 pub mod guestinfo_server;
 pub mod image;

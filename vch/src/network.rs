@@ -180,6 +180,9 @@ pub fn add_endpoints(cfg: &mut ExecutorConfig, mode: NetMode, nics: &[Nic], publ
             e.common.name = net.clone();
             e.network.common.name = net.clone();
             e.network.default = !has_user && i == 0;
+            if e.network.default {
+                e.ports = publish.iter().map(ToString::to_string).collect();
+            }
             cfg.networks.insert(net.clone(), e);
             continue;
         }

@@ -138,6 +138,21 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
                 taps.push(fd);
             }
         }
+        // Without a user network, ports are published on the first bridge network's address.
+        if c.meta.net == crate::network::NetMode::None {
+            if let Some(a) = c.meta.networks.first() {
+                let root = c.dir.parent().unwrap_or(&c.dir);
+                let n = crate::bridge::Network::load(root, &a.network)?;
+                for p in &c.meta.publish {
+                    if p.udp {
+                        anyhow::bail!("-p {p}: UDP is published on user networks only");
+                    }
+                    let listen = std::net::SocketAddr::new(p.host_ip, p.host_port);
+                    let to = std::net::SocketAddrV4::new(a.ip, p.container_port);
+                    crate::forward::publish(listen, n.netns.clone(), to).await?;
+                }
+            }
+        }
         let vhost = c.vhost_socket();
         let disk = c.disk();
         let (debug, output, gi_sock) = (c.debug_log(), c.output_log(), c.gi_socket());
