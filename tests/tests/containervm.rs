@@ -707,6 +707,13 @@ fn containervms_on_a_vch_network_reach_each_other_by_name_and_alias() {
         "{}",
         host.debug_log()
     );
+    // Both addresses, as the tether wrote them back, in vch inspect.
+    let client: serde_json::Value =
+        serde_json::from_str(&ok(&host.vch(&["inspect", "client"]))).unwrap();
+    let nets = &client["NetworkSettings"]["Networks"];
+    assert_eq!(nets["front"]["IPAddress"], "10.89.1.50", "{client}");
+    assert_eq!(nets["back"]["IPAddress"], "192.168.77.2", "{client}");
+    assert_eq!(nets["back"]["Gateway"], "192.168.77.1", "{client}");
     // The host reaches it through the published port (a forwarder into the network).
     assert_eq!(http_get(published, "/").unwrap(), "served by web\n");
     let inspect: serde_json::Value =

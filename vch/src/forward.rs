@@ -14,8 +14,9 @@ fn connect_in(netns: &str, to: SocketAddrV4) -> anyhow::Result<std::net::TcpStre
     std::thread::spawn(move || -> anyhow::Result<std::net::TcpStream> {
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
             .context("entering the network's namespace")?;
-        let s = std::net::TcpStream::connect_timeout(&to.into(), std::time::Duration::from_secs(10))
-            .with_context(|| format!("connecting to {to}"))?;
+        let s =
+            std::net::TcpStream::connect_timeout(&to.into(), std::time::Duration::from_secs(10))
+                .with_context(|| format!("connecting to {to}"))?;
         s.set_nonblocking(true)?;
         Ok(s)
     })

@@ -390,6 +390,9 @@ pub struct ContainerNetwork {
     pub trust_level: i32,
     /// `.network.assigned`: what the guest ended up with (written by the tether).
     pub assigned: NetworkAssigned,
+    /// `networks|<n>/network/aliases~` (hidden: only the host sees it): the container's other
+    /// names on this network.
+    pub aliases: Vec<String>,
 }
 
 impl Node for ContainerNetwork {
@@ -409,7 +412,8 @@ impl Node for ContainerNetwork {
             e.visit(v, p)
         })?;
         v.scalar(&at.field("TrustLevel"), &mut self.trust_level)?;
-        self.assigned.visit(v, &at.field("assigned").rw())
+        self.assigned.visit(v, &at.field("assigned").rw())?;
+        v.strings(&at.field("aliases").hidden(), &mut self.aliases)
     }
 }
 

@@ -86,6 +86,36 @@ fn worked_example_re_encodes_line_for_line() {
 }
 
 #[test]
+fn network_aliases_travel_in_vics_hidden_keys() {
+    let mut kv: KeyValues = [
+        ("guestinfo.vice./networks", "bridge"),
+        ("guestinfo.vice./networks|bridge/Common/id", "192"),
+        ("networks|bridge/network/aliases", "1"),
+        ("networks|bridge/network/aliases~", "db|cache"),
+    ]
+    .into_iter()
+    .collect();
+    let (cfg, _) = ExecutorConfig::decode(&mut kv).unwrap();
+    assert_eq!(cfg.networks["bridge"].network.aliases, ["db", "cache"]);
+    let out = cfg.encode();
+    assert_eq!(
+        out.get("networks|bridge/network/aliases~")
+            .map(String::as_str),
+        Some("db|cache")
+    );
+    assert_eq!(
+        out.get("networks|bridge/network/aliases")
+            .map(String::as_str),
+        Some("1")
+    );
+    // The guest writes none of them back.
+    assert!(cfg.networks["bridge"]
+        .state("bridge")
+        .iter()
+        .all(|(k, _)| !k.contains("aliases")));
+}
+
+#[test]
 fn user_and_group_are_read_in_either_case_and_written_as_the_vch_does() {
     let mut kv: KeyValues = [
         ("guestinfo.vice./sessions", "a"),
@@ -301,13 +331,17 @@ fn endpoint() -> impl Strategy<Value = NetworkEndpoint> {
             prop::collection::vec(range, 0..3),
             any::<i32>(),
         ),
-        (ipnet(), prop::collection::vec(ip(), 0..3)),
+        (
+            ipnet(),
+            prop::collection::vec(ip(), 0..3),
+            prop::collection::vec(text(), 0..3),
+        ),
     )
         .prop_map(
             |(
                 (common, network_type, destinations, gateway),
                 (default, nameservers, pools, trust_level),
-                (agw, adns),
+                (agw, adns, aliases),
             )| {
                 ContainerNetwork {
                     common,
@@ -322,6 +356,7 @@ fn endpoint() -> impl Strategy<Value = NetworkEndpoint> {
                         gateway: agw,
                         nameservers: adns,
                     },
+                    aliases,
                 }
             },
         );

@@ -71,6 +71,8 @@ pub struct Path {
     segments: Vec<Segment>,
     scope: Scope,
     non_persistent: bool,
+    /// Kept from the guest: the key has no `guestinfo.vice.` and separator before it.
+    hidden: bool,
 }
 
 impl Default for Path {
@@ -79,6 +81,7 @@ impl Default for Path {
             segments: Vec::new(),
             scope: Scope::ReadOnly,
             non_persistent: false,
+            hidden: false,
         }
     }
 }
@@ -122,6 +125,15 @@ impl Path {
         p
     }
 
+    /// This path is hidden from the guest (VIC's `hidden` scope: a VMX key without the
+    /// `guestinfo.` prefix, e.g. `networks|bridge/network/aliases~`).
+    pub fn hidden(&self) -> Self {
+        Self {
+            hidden: true,
+            ..self.clone()
+        }
+    }
+
     /// This path and everything below it are non-persistent.
     pub fn non_persistent(&self) -> Self {
         let mut p = self.clone();
@@ -154,6 +166,10 @@ impl Path {
         key.push_str(suffix);
         if self.non_persistent {
             key.push_str(NON_PERSISTENT);
+        }
+        if self.hidden {
+            // The prefix and the separator after it go; the separators inside stay.
+            key.drain(..PREFIX.len() + 1);
         }
         key
     }
