@@ -227,7 +227,8 @@ fn no_tether_is_a_one_line_error_not_a_hang() {
         .args([
             "attach",
             "--listen",
-            &format!("tcp:127.0.0.1:{}", free_port()),
+            // Port 0: the kernel's choice, so no other test can hold it (nothing connects).
+            "tcp:127.0.0.1:0",
             "--timeout",
             "1",
         ])
