@@ -230,7 +230,11 @@ pub fn pid1_main(boot: &pid1::BootSettings, level: logging::LevelHandle, root: R
                             let (cfg, gi) = config_rx
                                 .recv()
                                 .map_err(|_| "no config was read".to_string())?;
-                            network_up(cfg, gi, &boot)
+                            let volumes = crate::volume::plan(&cfg)?;
+                            let up = network_up(cfg, gi, &boot)?;
+                            // After the network: NFS needs it.
+                            volumes_up(&volumes, &boot)?;
+                            Ok(up)
                         });
                         match outcome {
                             Ok((net, mut links)) => {
@@ -349,6 +353,33 @@ fn network_up(
     let publish: Publish = Box::new(move |keys| gi.write("the network's state", keys));
     let net = Network::bring_up(cfg, &find, &mut links, &mut dhcp, paths, publish)?;
     Ok((net, links))
+}
+
+/// How long a volume's disk may take to show up (`tether.volwait=` seconds).
+const VOLUME_WAIT: Duration = Duration::from_secs(60);
+
+/// The config's volumes, mounted in order; their disks come with a full SCSI scan (which
+/// otherwise waits for after the launch).
+fn volumes_up(volumes: &[crate::volume::Volume], boot: &pid1::BootSettings) -> Result<(), String> {
+    if volumes.is_empty() {
+        return Ok(());
+    }
+    crate::boot::hurry_late();
+    let sys = PathBuf::from(&boot.sys);
+    if volumes
+        .iter()
+        .any(|v| matches!(v.source, crate::volume::Source::Label(_)))
+    {
+        crate::boot::modules::scan_scsi_fully(&sys);
+    }
+    let find = |label: &str| crate::volume::find_label(&sys, Path::new("/dev"), label);
+    let env = crate::volume::Env {
+        by_label: Path::new(&boot.tether_dir).join(".filesystem-by-label"),
+        find_label: &find,
+        wait: boot.volume_wait.map_or(VOLUME_WAIT, Duration::from_secs),
+        resolve: &crate::volume::resolve,
+    };
+    crate::volume::mount_all(volumes, &env, &mut crate::volume::Kernel)
 }
 
 /// What process mode and PID 1 share: the runtime, the reaper, the output log, the guestinfo

@@ -231,6 +231,8 @@ pub struct BootSettings {
     pub tether_dir: String,
     /// `tether.sys=`: where the NICs' PCI devices are looked up (`/sys`; a test's own tree).
     pub sys: String,
+    /// `tether.volwait=`: seconds a volume's disk may take to show up.
+    pub volume_wait: Option<u64>,
 }
 
 impl Default for BootSettings {
@@ -242,6 +244,7 @@ impl Default for BootSettings {
             output_log: "auto".into(),
             tether_dir: "/.tether".into(),
             sys: "/sys".into(),
+            volume_wait: None,
         }
     }
 }
@@ -260,6 +263,7 @@ impl BootSettings {
                 "tether.output" => s.output_log = value.into(),
                 "tether.dir" => s.tether_dir = value.into(),
                 "tether.sys" => s.sys = value.into(),
+                "tether.volwait" => s.volume_wait = value.parse().ok(),
                 _ => {}
             }
         }

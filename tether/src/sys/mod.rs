@@ -1,6 +1,6 @@
 //! System calls the tether makes, behind small safe functions. The only `unsafe` is in
 //! [`spawn`] (fork/exec), [`ioctl`] (terminal window size, interface flags), [`packet`] (link-layer
-//! sockets for DHCP and ARP), [`asyncfd`] (runtime registration)
+//! sockets for DHCP and ARP), [`xattr`] (extended attributes), [`asyncfd`] (runtime registration)
 //! and [`sched`] (a thread's scheduling policy).
 
 pub mod asyncfd;
@@ -10,6 +10,7 @@ pub mod sched;
 pub mod serial;
 pub mod spawn;
 pub mod uevent;
+pub mod xattr;
 
 use std::os::fd::{AsFd, AsRawFd as _, OwnedFd};
 
