@@ -231,6 +231,7 @@ fn init_run(assets: &Path, disk: &Path, dir: &Path, want: usize) -> anyhow::Resu
         vsock: None,
         cmdline_extra: "",
         nics: &[],
+        volumes: &[],
     };
     let t0 = Instant::now();
     let mut qemu = Command::new("qemu-system-x86_64")

@@ -759,3 +759,111 @@ fn containervms_on_a_vch_network_reach_each_other_by_name_and_alias() {
         "only the heading"
     );
 }
+
+#[test]
+fn volumes_keep_files_across_runs_nest_copy_up_and_refuse_writes_when_ro() {
+    let Some(host) = Host::new() else { return };
+    let run = |args: &[&str]| {
+        let out = host.vch(args);
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    // First run: two nested volumes, made on first use; a file written as the last act.
+    let (code, out, err) = run(&[
+        "run",
+        "--net",
+        "none",
+        "--name",
+        "first",
+        "-v",
+        "outer:/data",
+        "-v",
+        "inner:/data/inner",
+        "--",
+        "/bin/sh",
+        "-c",
+        "grep -c ' /data' /proc/mounts; echo kept > /data/inner/f; echo top > /data/top",
+    ]);
+    assert_eq!(code, Some(0), "{err}\n{}", host.debug_log());
+    assert_eq!(out, "2\n");
+    // Second run: both files there; read-only refuses a write.
+    let (code, out, err) = run(&[
+        "run",
+        "--net",
+        "none",
+        "--rm",
+        "-v",
+        "outer:/data:ro",
+        "-v",
+        "inner:/data/inner",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /data/top /data/inner/f; touch /data/new 2>/dev/null && echo wrote || echo refused",
+    ]);
+    assert_eq!(code, Some(0), "{err}\n{}", host.debug_log());
+    assert_eq!(out, "top\nkept\nrefused\n");
+    // Copy-up: a new volume over the image's /bin holds the image's files (busybox's applets).
+    let (code, out, err) = run(&[
+        "run",
+        "--net",
+        "none",
+        "--rm",
+        "-v",
+        "bins:/bin",
+        "--",
+        "/bin/sh",
+        "-c",
+        "test -x /bin/busybox && ls /bin | wc -l",
+    ]);
+    assert_eq!(code, Some(0), "{err}\n{}", host.debug_log());
+    assert!(out.trim().parse::<u32>().unwrap() > 100, "{out}");
+    // A volume in use by a running containerVM is not attached to a second one, and cannot go.
+    let (code, _, err) = run(&[
+        "run",
+        "-d",
+        "--net",
+        "none",
+        "--name",
+        "holder",
+        "-v",
+        "outer:/data",
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let (code, _, err) = run(&[
+        "run",
+        "--net",
+        "none",
+        "-v",
+        "outer:/data",
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(code, Some(125), "as docker's run when it cannot start the container");
+    assert!(err.contains("volume outer is in use by holder"), "{err}");
+    let (code, _, err) = run(&["volume", "rm", "outer"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("in use by"), "{err}");
+    assert_eq!(run(&["rm", "-f", "holder"]).0, Some(0));
+    assert_eq!(run(&["rm", "first"]).0, Some(0));
+    assert_eq!(run(&["volume", "rm", "outer"]).0, Some(0));
+    // An anonymous volume goes with its container's rm -v.
+    let (code, _, err) = run(&[
+        "run",
+        "--net",
+        "none",
+        "--name",
+        "anon",
+        "-v",
+        "/scratch",
+        "--",
+        "/bin/true",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let listed = |host: &Host| text(&host.vch(&["volume", "ls"]).stdout).lines().count();
+    let before = listed(&host);
+    assert_eq!(run(&["rm", "-v", "anon"]).0, Some(0));
+    assert_eq!(listed(&host), before - 1);
+}

@@ -21,7 +21,7 @@ pub struct Cli {
 pub enum Command {
     /// Boot a containerVM running CMD and attach to it (or leave it running with -d); exit with
     /// the container's exit status.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Run CMD in a running containerVM (as `docker exec`); exit with its exit status.
     Exec(ExecArgs),
     /// Stop a containerVM: its stop signal, then SIGKILL to the process group after --time.
@@ -36,7 +36,13 @@ pub enum Command {
         container: String,
         #[arg(short, long)]
         force: bool,
+        /// Remove its anonymous volumes too.
+        #[arg(short, long)]
+        volumes: bool,
     },
+    /// Volumes: disks that outlive containers.
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// Image disks.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -205,6 +211,10 @@ pub struct RunArgs {
     /// More names the container answers to on its bridge networks.
     #[arg(long = "network-alias")]
     pub network_aliases: Vec<String>,
+    /// A volume: NAME:/PATH[:ro] (made on first use), /PATH (anonymous) or
+    /// nfs://HOST/EXPORT:/PATH[:ro].
+    #[arg(short = 'v', long = "volume")]
+    pub volumes: Vec<crate::volume::VolumeArg>,
     /// Publish a container port on the host: [IP:]HOSTPORT:CTRPORT[/tcp|udp] (IP 127.0.0.1 when
     /// absent).
     #[arg(short = 'p', long = "publish")]
@@ -273,4 +283,24 @@ pub enum NetworkCommand {
     Rm { name: String },
     /// A bridge network and its containers, as JSON.
     Inspect { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Make a volume: an ext4 filesystem on a VMDK of its own.
+    Create {
+        name: String,
+        /// Its size (M, G or T; MiB without a unit).
+        #[arg(long, default_value = "1G")]
+        size: String,
+        /// Its ext4 label (16 characters at most); one of its own when absent.
+        #[arg(long)]
+        label: Option<String>,
+    },
+    /// The volumes.
+    Ls,
+    /// A volume and the containers naming it, as JSON.
+    Inspect { name: String },
+    /// Remove a volume no container names.
+    Rm { name: String },
 }

@@ -72,9 +72,21 @@ pub struct Meta {
     /// The bridge networks it is on (`vch network`).
     #[serde(default)]
     pub networks: Vec<crate::bridge::Attachment>,
+    /// Its volumes, in the order of their disks (pvscsi targets 1, 2, ...).
+    #[serde(default)]
+    pub volumes: Vec<crate::volume::VolumeUse>,
 }
 
 impl Meta {
+    /// The disks of its volumes, in order (NFS volumes have none).
+    pub fn volume_disks(&self, root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        self.volumes
+            .iter()
+            .filter(|u| u.nfs.is_none())
+            .map(|u| Ok(crate::volume::Volume::load(root, &u.name)?.disk(root)))
+            .collect()
+    }
+
     /// The container's NICs (see [`crate::network::nics`]).
     pub fn nics(&self) -> Vec<crate::network::Nic> {
         let bridges: Vec<String> = self.networks.iter().map(|a| a.network.clone()).collect();

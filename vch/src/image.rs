@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _};
 
 pub use tether_proto::vm::CONTAINERFS_LABEL as LABEL;
 
-fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
+pub(crate) fn run(cmd: &mut Command, what: &str) -> anyhow::Result<()> {
     let out = cmd.output().with_context(|| format!("running {what}"))?;
     if !out.status.success() {
         bail!(
@@ -51,6 +51,16 @@ fn tree_bytes(dir: &Path) -> u64 {
 /// Makes `out` (VMDK) from a directory or a tar file, with `label` (`containerfs` for a usable
 /// image; anything else makes a disk the bootstrap stage will not take).
 pub fn build(from: &Path, out: &Path, label: &str) -> anyhow::Result<()> {
+    build_sized(from, out, label, None)
+}
+
+/// [`build`] with the filesystem's size in MiB (room for the files and more when `None`).
+pub fn build_sized(
+    from: &Path,
+    out: &Path,
+    label: &str,
+    size_mib: Option<u64>,
+) -> anyhow::Result<()> {
     let work = tempfile::Builder::new()
         .prefix("vch-image")
         .tempdir()
@@ -73,7 +83,7 @@ pub fn build(from: &Path, out: &Path, label: &str) -> anyhow::Result<()> {
         bail!("{}: no such directory or tar file", from.display());
     };
     // Room for the files, the journal and what the container writes.
-    let mib = (tree_bytes(&tree) * 3 / 2 / (1 << 20) + 64).max(64);
+    let mib = size_mib.unwrap_or((tree_bytes(&tree) * 3 / 2 / (1 << 20) + 64).max(64));
     let raw = work.path().join("disk.raw");
     // Inode tables and journal written out here: otherwise the guest's ext4lazyinit thread
     // zeroes them in the background right after the mount, taking the CPU from the container's

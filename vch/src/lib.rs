@@ -16,3 +16,4 @@ pub mod qcow2;
 pub mod supervisor;
 pub mod sys;
 pub mod vm;
+pub mod volume;

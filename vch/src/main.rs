@@ -45,7 +45,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let root = state_root();
     let result = match cli.command {
-        Command::Run(args) => return run_async(commands::run::run(root, args)),
+        Command::Run(args) => return run_async(commands::run::run(root, *args)),
         Command::Exec(args) => return run_async(commands::exec::exec(root, args)),
         Command::Stop { container, time } => {
             return run_async(async move { lifecycle::stop(&root, &container, time).await })
@@ -62,7 +62,12 @@ fn main() -> ExitCode {
                 lifecycle::kill(&root, target, listen, id, &signal, group, timeout).await
             })
         }
-        Command::Rm { container, force } => lifecycle::rm(&root, &container, force),
+        Command::Rm {
+            container,
+            force,
+            volumes,
+        } => lifecycle::rm(&root, &container, force, volumes),
+        Command::Volume(v) => show::volume(&root, v),
         Command::Attach {
             container,
             listen,

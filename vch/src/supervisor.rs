@@ -153,6 +153,7 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
                 }
             }
         }
+        let volumes = c.meta.volume_disks(c.dir.parent().unwrap_or(&c.dir))?;
         let vhost = c.vhost_socket();
         let disk = c.disk();
         let (debug, output, gi_sock) = (c.debug_log(), c.output_log(), c.gi_socket());
@@ -169,6 +170,7 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
             vsock: vsock.is_some().then_some(vhost.as_path()),
             cmdline_extra: &cmdline,
             nics: &nics,
+            volumes: &volumes,
         };
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -58,6 +58,8 @@ pub struct VmSpec<'a> {
     pub cmdline_extra: &'a str,
     /// The NICs, each at its PCI slot.
     pub nics: &'a [crate::network::Nic],
+    /// Volume disks (VMDK), on pvscsi targets 1, 2, ... beside the container's disk.
+    pub volumes: &'a [PathBuf],
 }
 
 /// QEMU's arguments for `spec`.
@@ -113,6 +115,14 @@ pub fn qemu_args(spec: &VmSpec<'_>) -> Vec<String> {
             "-device",
             "scsi-hd,drive=disk0,bus=pvscsi0.0,scsi-id=0,lun=0",
         ]);
+        for (i, v) in spec.volumes.iter().enumerate() {
+            push(&[
+                "-drive",
+                &format!("file={},format=vmdk,if=none,id=vol{i}", v.display()),
+                "-device",
+                &format!("scsi-hd,drive=vol{i},bus=pvscsi0.0,scsi-id={},lun=0", i + 1),
+            ]);
+        }
     }
     if let Some(gi) = spec.guestinfo {
         push(&[
@@ -259,6 +269,7 @@ fn probe_kvm(assets: &Path, deadline: Duration) -> anyhow::Result<()> {
         vsock: None,
         cmdline_extra: "tether.rootwait=0",
         nics: &[],
+        volumes: &[],
     };
     let mut child = std::process::Command::new("qemu-system-x86_64")
         .args(qemu_args(&spec))
@@ -305,6 +316,7 @@ mod tests {
             vsock: None,
             cmdline_extra: "",
             nics: &[],
+            volumes: &[],
         };
         let a = qemu_args(&spec).join(" ");
         // COM1, COM2, COM3, COM4 in order: attach (TCP client), debug, output, guestinfo.
@@ -331,6 +343,7 @@ mod tests {
             boot: BootMode::Kernel,
             cmdline_extra: "tether.rootwait=5",
             nics: &[],
+            volumes: &[],
             ..spec
         });
         let append = k.iter().position(|x| x == "-append").unwrap();

@@ -80,7 +80,7 @@ pub async fn kill(
 }
 
 /// `vch rm [-f] NAME`: a stopped container's state (`-f`: its VM ended first).
-pub fn rm(root: &Path, container: &str, force: bool) -> anyhow::Result<()> {
+pub fn rm(root: &Path, container: &str, force: bool, volumes: bool) -> anyhow::Result<()> {
     let c = Container::find(root, container)?;
     if let Some(pid) = c.supervisor() {
         if !force {
@@ -97,6 +97,14 @@ pub fn rm(root: &Path, container: &str, force: bool) -> anyhow::Result<()> {
         }
     }
     std::fs::remove_dir_all(&c.dir)?;
+    if volumes {
+        for u in c.meta.volumes.iter().filter(|u| u.nfs.is_none()) {
+            let anonymous = crate::volume::Volume::load(root, &u.name).is_ok_and(|v| v.anonymous);
+            if anonymous {
+                crate::volume::Volume::remove(root, &u.name)?;
+            }
+        }
+    }
     println!("{}", c.meta.name);
     Ok(())
 }

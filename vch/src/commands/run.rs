@@ -73,6 +73,7 @@ pub async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
         publish: args.publish,
         host_ports: args.host_ports,
         networks: Vec::new(),
+        volumes: Vec::new(),
     };
     let mut meta = meta;
     // An address on each bridge network (--ip on the first), before the NICs are laid out.
@@ -92,7 +93,69 @@ pub async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
         bail!("--attach-line vsock needs --boot kernel (the ISO's command line is fixed)");
     }
     crate::vm::check_assets(&crate::vm::assets_dir(), meta.boot)?;
+    // Volumes: made on first use (anonymous ones for this container), never on two running
+    // containerVMs at once.
+    for arg in args.volumes {
+        use crate::volume::{Volume, VolumeArg, VolumeUse, DEFAULT_MIB};
+        let u = match arg {
+            VolumeArg::Named {
+                name: v,
+                target,
+                read_only,
+            } => {
+                if Volume::load(&root, &v).is_err() {
+                    Volume::create(&root, &v, DEFAULT_MIB, None, false)?;
+                }
+                VolumeUse {
+                    name: v,
+                    target,
+                    read_only,
+                    nfs: None,
+                }
+            }
+            VolumeArg::Anonymous { target } => {
+                let v = new_id();
+                Volume::create(&root, &v, DEFAULT_MIB, None, true)?;
+                VolumeUse {
+                    name: v,
+                    target,
+                    read_only: false,
+                    nfs: None,
+                }
+            }
+            VolumeArg::Nfs {
+                host,
+                export,
+                target,
+                read_only,
+            } => VolumeUse {
+                name: format!("nfs{}", meta.volumes.len()),
+                target,
+                read_only,
+                nfs: Some(format!("nfs://{host}{export}")),
+            },
+        };
+        if u.nfs.is_none() {
+            let users = Volume::load(&root, &u.name)?.users(&root, true);
+            if !users.is_empty() {
+                bail!(
+                    "volume {} is in use by {} (a volume's disk is on one running containerVM at a time)",
+                    u.name,
+                    users.join(", ")
+                );
+            }
+        }
+        meta.volumes.push(u);
+    }
     let mut cfg = executor_config(&id, &name, &spec);
+    for u in &meta.volumes {
+        let label = match &u.nfs {
+            None => crate::volume::Volume::load(&root, &u.name)?.label,
+            Some(_) => String::new(),
+        };
+        cfg.mounts
+            .insert(u.name.clone(), crate::volume::mount_spec(u, &label));
+    }
     crate::network::add_endpoints(&mut cfg, meta.net, &meta.nics(), &meta.publish);
     let c = Container::create(&root, meta, &cfg)?;
     // The network's DHCP server reserves each NIC's address, and its DNS knows the names.

@@ -41,6 +41,36 @@ pub fn ps(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `vch volume ...`.
+pub fn volume(root: &Path, cmd: crate::cli::VolumeCommand) -> anyhow::Result<()> {
+    use crate::cli::VolumeCommand as V;
+    use crate::volume::Volume;
+    match cmd {
+        V::Create { name, size, label } => {
+            let mib = crate::volume::parse_size(&size)?;
+            Volume::create(root, &name, mib, label.as_deref(), false)?;
+            println!("{name}");
+        }
+        V::Ls => {
+            println!("{:<24}  {:<16}  {:>8}  USED BY", "NAME", "LABEL", "SIZE");
+            for v in Volume::all(root) {
+                let size = format!("{}M", v.size_mib);
+                let users = v.users(root, false).join(",");
+                println!("{:<24}  {:<16}  {:>8}  {users}", v.name, v.label, size);
+            }
+        }
+        V::Inspect { name } => {
+            let v = Volume::load(root, &name)?;
+            println!("{}", serde_json::to_string_pretty(&v.inspect(root))?);
+        }
+        V::Rm { name } => {
+            Volume::remove(root, &name)?;
+            println!("{name}");
+        }
+    }
+    Ok(())
+}
+
 /// `vch network ...`.
 pub fn network(root: &Path, cmd: crate::cli::NetworkCommand) -> anyhow::Result<()> {
     use crate::bridge::Network;
