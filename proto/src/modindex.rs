@@ -23,6 +23,10 @@ pub struct IndexError {
     pub why: String,
 }
 
+/// A module file packed zlib-compressed (the kernel here loads only plain files: the tether
+/// inflates it and hands the kernel the bytes).
+pub const COMPRESSED_SUFFIX: &str = ".z";
+
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ModuleIndex {
     /// Module name → files to load in order (relative to the modules directory).

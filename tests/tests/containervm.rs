@@ -841,7 +841,11 @@ fn volumes_keep_files_across_runs_nest_copy_up_and_refuse_writes_when_ro() {
         "--",
         "/bin/true",
     ]);
-    assert_eq!(code, Some(125), "as docker's run when it cannot start the container");
+    assert_eq!(
+        code,
+        Some(125),
+        "as docker's run when it cannot start the container"
+    );
     assert!(err.contains("volume outer is in use by holder"), "{err}");
     let (code, _, err) = run(&["volume", "rm", "outer"]);
     assert_eq!(code, Some(1));
@@ -866,4 +870,115 @@ fn volumes_keep_files_across_runs_nest_copy_up_and_refuse_writes_when_ro() {
     let before = listed(&host);
     assert_eq!(run(&["rm", "-v", "anon"]).0, Some(0));
     assert_eq!(listed(&host), before - 1);
+}
+
+/// nfs-ganesha (user space, VFS backend) serving `dir` as `/export` over NFSv4 on 127.0.0.1,
+/// without a grace period; killed when dropped.
+struct NfsServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl NfsServer {
+    fn start(work: &Path, dir: &Path) -> Self {
+        let port = free_port();
+        let conf = work.join("ganesha.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "NFS_CORE_PARAM {{ Protocols = 4; NFS_Port = {port}; Bind_addr = 127.0.0.1; \
+                 Enable_NLM = false; Enable_RQUOTA = false; }}\n\
+                 NFSV4 {{ Graceless = true; }}\n\
+                 EXPORT {{ Export_Id = 1; Path = {}; Pseudo = /export; Access_Type = RW; \
+                 Squash = No_Root_Squash; Protocols = 4; Transports = TCP; SecType = sys; \
+                 FSAL {{ Name = VFS; }} }}\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("ganesha.nfsd")
+            .arg("-F")
+            .arg("-L")
+            .arg(work.join("ganesha.log"))
+            .arg("-f")
+            .arg(&conf)
+            .arg("-p")
+            .arg(work.join("ganesha.pid"))
+            .spawn()
+            .expect("ganesha.nfsd (scripts/setup installs nfs-ganesha)");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "ganesha did not listen"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Self { child, port }
+    }
+}
+
+impl Drop for NfsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn an_nfs_volume_from_a_server_on_the_hosts_loopback() {
+    let Some(host) = Host::new() else { return };
+    let work = tempfile::tempdir().unwrap();
+    let export = work.path().join("export");
+    std::fs::create_dir(&export).unwrap();
+    std::fs::write(export.join("hello"), "from the NFS server\n").unwrap();
+    let server = NfsServer::start(work.path(), &export);
+    // The container reaches the server at 10.0.2.100:2049 (QEMU's guestfwd to its port).
+    let forward = format!("2049:{}", server.port);
+    let out = host.vch(&[
+        "run",
+        "--rm",
+        "--host-port",
+        &forward,
+        "-v",
+        "nfs://10.0.2.100/export:/share",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /share/hello; echo from the container > /share/written",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        host.debug_log()
+    );
+    assert_eq!(text(&out.stdout), "from the NFS server\n");
+    assert_eq!(
+        std::fs::read_to_string(export.join("written")).unwrap(),
+        "from the container\n"
+    );
+    // Read-only: the mount refuses the write.
+    let out = host.vch(&[
+        "run",
+        "--rm",
+        "--host-port",
+        &forward,
+        "-v",
+        "nfs://10.0.2.100/export:/share:ro",
+        "--",
+        "/bin/sh",
+        "-c",
+        "cat /share/written; touch /share/no 2>/dev/null && echo wrote || echo refused",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}\n{}",
+        text(&out.stderr),
+        host.debug_log()
+    );
+    assert_eq!(text(&out.stdout), "from the container\nrefused\n");
+    assert!(!export.join("no").exists());
 }

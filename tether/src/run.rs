@@ -372,6 +372,14 @@ fn volumes_up(volumes: &[crate::volume::Volume], boot: &pid1::BootSettings) -> R
     {
         crate::boot::modules::scan_scsi_fully(&sys);
     }
+    if volumes
+        .iter()
+        .any(|v| matches!(v.source, crate::volume::Source::Nfs { .. }))
+    {
+        for e in crate::boot::modules::load_named(&["nfsv4"]) {
+            tracing::warn!("NFS client module: {e}");
+        }
+    }
     let find = |label: &str| crate::volume::find_label(&sys, Path::new("/dev"), label);
     let env = crate::volume::Env {
         by_label: Path::new(&boot.tether_dir).join(".filesystem-by-label"),

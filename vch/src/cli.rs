@@ -219,9 +219,10 @@ pub struct RunArgs {
     /// absent).
     #[arg(short = 'p', long = "publish")]
     pub publish: Vec<PortSpec>,
-    /// Let the container reach the host's 127.0.0.1:PORT at 10.0.2.100:PORT (user networks).
+    /// Let the container reach the host's 127.0.0.1:PORT at 10.0.2.100:PORT (user networks);
+    /// GUESTPORT:HOSTPORT for another port on the host.
     #[arg(long = "host-port")]
-    pub host_ports: Vec<u16>,
+    pub host_ports: Vec<crate::network::HostPort>,
     /// The command; the image's /hello when absent.
     #[arg(last = true)]
     pub command: Vec<String>,

@@ -68,7 +68,7 @@ pub struct Meta {
     #[serde(default)]
     pub publish: Vec<PortSpec>,
     #[serde(default)]
-    pub host_ports: Vec<u16>,
+    pub host_ports: Vec<crate::network::HostPort>,
     /// The bridge networks it is on (`vch network`).
     #[serde(default)]
     pub networks: Vec<crate::bridge::Attachment>,

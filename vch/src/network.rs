@@ -88,6 +88,34 @@ impl std::fmt::Display for PortSpec {
     }
 }
 
+/// A service on the host's loopback the container may reach: `PORT` (the same port on both
+/// sides) or `GUESTPORT:HOSTPORT`, at [`HOST_ALIAS_IP`] in the container.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPort {
+    pub guest: u16,
+    pub host: u16,
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| format!("bad host port {s:?}: want PORT or GUESTPORT:HOSTPORT"))
+        };
+        match s.split_once(':') {
+            Some((g, h)) => Ok(Self {
+                guest: port(g)?,
+                host: port(h)?,
+            }),
+            None => port(s).map(|p| Self { guest: p, host: p }),
+        }
+    }
+}
+
 /// A NIC of a containerVM: its slot and MAC, and QEMU's backend for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Nic {
@@ -114,7 +142,7 @@ pub fn nics(
     id: &str,
     mode: NetMode,
     publish: &[PortSpec],
-    host_ports: &[u16],
+    host_ports: &[HostPort],
     bridges: &[String],
 ) -> Vec<Nic> {
     let mut out: Vec<Nic> = bridges
@@ -141,9 +169,10 @@ pub fn nics(
             p.host_ip, p.host_port, p.container_port
         ));
     }
-    for port in host_ports {
+    for p in host_ports {
         netdev.push_str(&format!(
-            ",guestfwd=tcp:{HOST_ALIAS_IP}:{port}-tcp:127.0.0.1:{port}"
+            ",guestfwd=tcp:{HOST_ALIAS_IP}:{}-tcp:127.0.0.1:{}",
+            p.guest, p.host
         ));
     }
     out.insert(
@@ -223,11 +252,24 @@ mod tests {
     #[test]
     fn a_user_nic_sits_at_its_slot_with_forwards_and_restriction() {
         let p: PortSpec = "8080:80".parse().unwrap();
+        let fwd = HostPort {
+            guest: 9000,
+            host: 9000,
+        };
+        assert_eq!("9000".parse::<HostPort>().unwrap(), fwd);
+        assert_eq!(
+            "2049:20490".parse::<HostPort>().unwrap(),
+            HostPort {
+                guest: 2049,
+                host: 20490
+            }
+        );
+        assert!("0".parse::<HostPort>().is_err() && "1:x".parse::<HostPort>().is_err());
         let n = nics(
             "abc",
             NetMode::Isolated,
             std::slice::from_ref(&p),
-            &[9000],
+            &[fwd],
             &[],
         );
         assert_eq!(n.len(), 1);

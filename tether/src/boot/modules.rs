@@ -55,10 +55,20 @@ impl ModuleLoader for Finit {
     }
 
     fn load(&mut self, file: &Path, params: &str) -> Result<(), String> {
-        let f = File::open(file).map_err(|e| e.to_string())?;
         let params = CString::new(params).map_err(|e| e.to_string())?;
         let t = Instant::now();
-        let r = nix::kmod::finit_module(&f, &params, nix::kmod::ModuleInitFlags::empty());
+        let compressed = file
+            .to_str()
+            .is_some_and(|f| f.ends_with(tether_proto::modindex::COMPRESSED_SUFFIX));
+        let r = if compressed {
+            let z = std::fs::read(file).map_err(|e| e.to_string())?;
+            let image = miniz_oxide::inflate::decompress_to_vec_zlib(&z)
+                .map_err(|e| format!("inflating: {e:?}"))?;
+            nix::kmod::init_module(&image, &params)
+        } else {
+            let f = File::open(file).map_err(|e| e.to_string())?;
+            nix::kmod::finit_module(&f, &params, nix::kmod::ModuleInitFlags::empty())
+        };
         tracing::debug!("{} loaded in {:?}", file.display(), t.elapsed());
         match r {
             Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
@@ -238,6 +248,28 @@ pub fn load_late() {
         Err(e) => tracing::warn!("late modules: {e}"),
     }
     scan_scsi_fully(Path::new("/sys"));
+}
+
+/// Loads the packed modules `names` (with what they need) from the tether's module directory,
+/// for a feature of the container's config (NFS volumes). Returns the failures.
+pub fn load_named(names: &[&str]) -> Vec<String> {
+    let dir = Path::new(TETHER_MODULE_DIR);
+    let Ok(text) = std::fs::read_to_string(dir.join(INDEX_FILE)) else {
+        // No module directory (process mode): the running kernel has what it has.
+        return Vec::new();
+    };
+    match ModuleIndex::parse(&text) {
+        Ok(index) => {
+            let mut m = Modules::new(index, dir.to_path_buf(), Finit);
+            for n in names {
+                if m.load(n) {
+                    tracing::info!("loaded {n}");
+                }
+            }
+            m.failures
+        }
+        Err(e) => vec![format!("the module index: {e}")],
+    }
 }
 
 /// The late modules' thread: its id while it runs, and whether it should run at normal priority.
