@@ -785,6 +785,30 @@ fn volumes_keep_files_across_runs_nest_copy_up_and_refuse_writes_when_ro() {
     ]);
     assert_eq!(code, Some(0), "{err}\n{}", host.debug_log());
     assert_eq!(out, "2\n");
+    // Unmounted before the power went: the filesystem needs no journal recovery.
+    for volume in ["outer", "inner"] {
+        let v: serde_json::Value =
+            serde_json::from_slice(&host.vch(&["volume", "inspect", volume]).stdout).unwrap();
+        let raw = host.state.path().join(format!("{volume}.raw"));
+        let conv = Command::new("qemu-img")
+            .args(["convert", "-O", "raw", v["Mountpoint"].as_str().unwrap()])
+            .arg(&raw)
+            .output()
+            .unwrap();
+        assert!(conv.status.success(), "{}", text(&conv.stderr));
+        let head = Command::new("dumpe2fs")
+            .arg("-h")
+            .arg(&raw)
+            .output()
+            .unwrap();
+        let head = text(&head.stdout);
+        assert!(head.contains("Filesystem features:"), "{head}");
+        assert!(
+            !head.contains("needs_recovery"),
+            "{volume} was not unmounted: {head}"
+        );
+        std::fs::remove_file(&raw).unwrap();
+    }
     // Second run: both files there; read-only refuses a write.
     let (code, out, err) = run(&[
         "run",

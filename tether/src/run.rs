@@ -220,8 +220,10 @@ pub fn pid1_main(boot: &pid1::BootSettings, level: logging::LevelHandle, root: R
             let (config_tx, config_rx) =
                 std::sync::mpsc::sync_channel::<(ExecutorConfig, Guestinfo)>(1);
             let network: Arc<Mutex<Option<Arc<Mutex<Network>>>>> = Arc::default();
+            let volume_mounts: Arc<Mutex<crate::volume::Mounted>> = Arc::default();
             {
                 let (disk, root, held) = (disk_ready.clone(), root_ready.clone(), network.clone());
+                let mounts = volume_mounts.clone();
                 let boot = boot.clone();
                 std::thread::Builder::new()
                     .name("network".into())
@@ -233,7 +235,7 @@ pub fn pid1_main(boot: &pid1::BootSettings, level: logging::LevelHandle, root: R
                             let volumes = crate::volume::plan(&cfg)?;
                             let up = network_up(cfg, gi, &boot)?;
                             // After the network: NFS needs it.
-                            volumes_up(&volumes, &boot)?;
+                            volumes_up(&volumes, &boot, &mounts)?;
                             Ok(up)
                         });
                         match outcome {
@@ -243,7 +245,7 @@ pub fn pid1_main(boot: &pid1::BootSettings, level: logging::LevelHandle, root: R
                                 crate::net::keep_leases(&net, &mut links);
                             }
                             Err(e) => {
-                                tracing::error!("the container's network: {e}");
+                                tracing::error!("preparing the container (network, volumes): {e}");
                                 root.open(Err(e));
                             }
                         }
@@ -304,6 +306,12 @@ pub fn pid1_main(boot: &pid1::BootSettings, level: logging::LevelHandle, root: R
                 ..Settings::default()
             };
             let ending = serve(gi, Some(output), level, settings, Some(on_config));
+            // Volumes unmounted in reverse order after a sync: nothing written is lost and each
+            // filesystem is left clean.
+            let mut mounted = volume_mounts.lock().unwrap_or_else(|p| p.into_inner());
+            for e in crate::volume::unmount_all(&mut mounted) {
+                tracing::warn!("shutdown: {e}");
+            }
             // DHCP leases go back to their servers before the power goes.
             let held = network.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some(net) = held {
@@ -360,7 +368,11 @@ const VOLUME_WAIT: Duration = Duration::from_secs(60);
 
 /// The config's volumes, mounted in order; their disks come with a full SCSI scan (which
 /// otherwise waits for after the launch).
-fn volumes_up(volumes: &[crate::volume::Volume], boot: &pid1::BootSettings) -> Result<(), String> {
+fn volumes_up(
+    volumes: &[crate::volume::Volume],
+    boot: &pid1::BootSettings,
+    mounted: &Mutex<crate::volume::Mounted>,
+) -> Result<(), String> {
     if volumes.is_empty() {
         return Ok(());
     }
@@ -381,13 +393,28 @@ fn volumes_up(volumes: &[crate::volume::Volume], boot: &pid1::BootSettings) -> R
         }
     }
     let find = |label: &str| crate::volume::find_label(&sys, Path::new("/dev"), label);
+    // A new disk is looked for as its device event arrives (polling where there are none).
+    let events = crate::sys::uevent::Uevents::open().ok();
+    let device_wait = |d: Duration| match &events {
+        Some(e) => {
+            let _ = e.wait(d.min(Duration::from_millis(500)));
+        }
+        None => std::thread::sleep(d.min(Duration::from_millis(50))),
+    };
     let env = crate::volume::Env {
         by_label: Path::new(&boot.tether_dir).join(".filesystem-by-label"),
         find_label: &find,
+        device_wait: &device_wait,
         wait: boot.volume_wait.map_or(VOLUME_WAIT, Duration::from_secs),
         resolve: &crate::volume::resolve,
     };
-    crate::volume::mount_all(volumes, &env, &mut crate::volume::Kernel)
+    let mut made = crate::volume::Mounted::new();
+    let result = crate::volume::mount_all(volumes, &env, &mut crate::volume::Kernel, &mut made);
+    mounted
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(made);
+    result
 }
 
 /// What process mode and PID 1 share: the runtime, the reaper, the output log, the guestinfo

@@ -144,16 +144,28 @@ pub struct Env<'a> {
     pub by_label: PathBuf,
     /// The block device carrying an ext4 label, if one does now.
     pub find_label: &'a dyn Fn(&str) -> Option<PathBuf>,
+    /// Waits at most the duration for a device to come or go (the kernel's device events), so
+    /// that a disk is looked for again as soon as it may be there.
+    pub device_wait: &'a dyn Fn(Duration),
     /// How long to wait for a volume's disk.
     pub wait: Duration,
     /// A host's addresses (NFS).
     pub resolve: &'a dyn Fn(&str) -> Result<Vec<IpAddr>, String>,
 }
 
-/// Mounts every volume in order; stops at the first failure, naming the volume and the cause.
-pub fn mount_all(vols: &[Volume], env: &Env, m: &mut dyn Mounter) -> Result<(), String> {
+/// The mount points made, in the order they were made (unmounted in reverse at shutdown).
+pub type Mounted = Vec<PathBuf>;
+
+/// Mounts every volume in order, recording each mount point in `mounted`; stops at the first
+/// failure, naming the volume and the cause.
+pub fn mount_all(
+    vols: &[Volume],
+    env: &Env,
+    m: &mut dyn Mounter,
+    mounted: &mut Mounted,
+) -> Result<(), String> {
     for v in vols {
-        mount_one(v, env, m).map_err(|e| format!("volume {}: {e}", v.name))?;
+        mount_one(v, env, m, mounted).map_err(|e| format!("volume {}: {e}", v.name))?;
         tracing::info!(
             "volume {} on {}{}",
             v.name,
@@ -164,7 +176,12 @@ pub fn mount_all(vols: &[Volume], env: &Env, m: &mut dyn Mounter) -> Result<(), 
     Ok(())
 }
 
-fn mount_one(v: &Volume, env: &Env, m: &mut dyn Mounter) -> Result<(), String> {
+fn mount_one(
+    v: &Volume,
+    env: &Env,
+    m: &mut dyn Mounter,
+    mounted: &mut Mounted,
+) -> Result<(), String> {
     // The image's directory there, if any: its owner and mode go to the volume's root.
     let before = std::fs::metadata(&v.target).ok();
     if let Some(b) = &before {
@@ -175,9 +192,31 @@ fn mount_one(v: &Volume, env: &Env, m: &mut dyn Mounter) -> Result<(), String> {
     std::fs::create_dir_all(&v.target)
         .map_err(|e| format!("making {}: {e}", v.target.display()))?;
     match &v.source {
-        Source::Label(label) => mount_disk(v, label, before.as_ref(), env, m),
-        Source::Nfs { host, path } => mount_nfs(v, host, path, env, m),
+        Source::Label(label) => mount_disk(v, label, before.as_ref(), env, m, mounted),
+        Source::Nfs { host, path } => {
+            mount_nfs(v, host, path, env, m)?;
+            mounted.push(v.target.clone());
+            Ok(())
+        }
     }
+}
+
+/// Unmounts `mounted` in reverse order after a sync (at shutdown, so that nothing written is
+/// lost and each filesystem is left clean); a mount still busy is detached. Returns the failures.
+pub fn unmount_all(mounted: &mut Mounted) -> Vec<String> {
+    use nix::mount::{umount2, MntFlags};
+    nix::unistd::sync();
+    let mut errors = Vec::new();
+    while let Some(p) = mounted.pop() {
+        if let Err(e) = umount2(&p, MntFlags::empty()) {
+            if let Err(e2) = umount2(&p, MntFlags::MNT_DETACH) {
+                errors.push(format!("unmounting {}: {e}; detaching: {e2}", p.display()));
+            } else {
+                errors.push(format!("{} was busy ({e}): detached", p.display()));
+            }
+        }
+    }
+    errors
 }
 
 /// Waits for the disk labelled `label`, mounts it under [`Env::by_label`], fills it from the
@@ -188,19 +227,21 @@ fn mount_disk(
     before: Option<&std::fs::Metadata>,
     env: &Env,
     m: &mut dyn Mounter,
+    mounted: &mut Mounted,
 ) -> Result<(), String> {
     let deadline = Instant::now() + env.wait;
     let device = loop {
         if let Some(d) = (env.find_label)(label) {
             break d;
         }
-        if Instant::now() >= deadline {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
             return Err(format!(
                 "no disk labelled {label:?} appeared within {:?}",
                 env.wait
             ));
         }
-        std::thread::sleep(Duration::from_millis(50));
+        (env.device_wait)(left);
     };
     let at = env.by_label.join(label);
     std::fs::create_dir_all(&at).map_err(|e| format!("making {}: {e}", at.display()))?;
@@ -211,6 +252,7 @@ fn mount_disk(
         MsFlags::MS_NOATIME,
         None,
     )?;
+    mounted.push(at.clone());
     // VIC's volumes keep their data one level down, hiding lost+found.
     let data = at.join(".vic.vol.data");
     let data = if data.is_dir() { data } else { at };
@@ -228,7 +270,9 @@ fn mount_disk(
                 .map_err(|e| format!("giving {} its mode: {e}", data.display()))?;
         }
     }
-    bind(&data.to_string_lossy(), v, m)
+    bind(&data.to_string_lossy(), v, m)?;
+    mounted.push(v.target.clone());
+    Ok(())
 }
 
 /// Binds `source` onto the volume's target, read-only when asked (a second, remounting call:
@@ -448,9 +492,11 @@ mod tests {
                 "192.0.2.8".parse().unwrap(),
             ])
         };
+        let nap = |d: Duration| std::thread::sleep(d.min(Duration::from_millis(20)));
         let env = Env {
             by_label: t.path().join("by-label"),
             find_label: &none,
+            device_wait: &nap,
             wait: Duration::from_millis(10),
             resolve: &two,
         };
@@ -458,7 +504,9 @@ mod tests {
             refuse: vec!["192.0.2.7:/exports/a".into()],
             ..Record::default()
         };
-        mount_all(&vols, &env, &mut m).unwrap();
+        let mut mounted = Mounted::new();
+        mount_all(&vols, &env, &mut m, &mut mounted).unwrap();
+        assert_eq!(mounted, std::slice::from_ref(&target));
         let flags = format!("{:?}", MsFlags::MS_NOATIME | MsFlags::MS_RDONLY);
         assert_eq!(
             m.calls,
@@ -478,7 +526,7 @@ mod tests {
             refuse: vec!["192.0.2.7:/exports/a".into(), "192.0.2.8:/exports/a".into()],
             ..Record::default()
         };
-        let err = mount_all(&vols, &env, &mut all).unwrap_err();
+        let err = mount_all(&vols, &env, &mut all, &mut Mounted::new()).unwrap_err();
         assert!(err.starts_with("volume share: "), "{err}");
         assert!(
             err.contains("192.0.2.7") && err.contains("192.0.2.8"),
@@ -496,14 +544,21 @@ mod tests {
         let vols = plan(&cfg).unwrap();
         let none = |_: &str| None;
         let no_dns = |h: &str| Err(format!("no {h}"));
+        let waits = std::cell::Cell::new(0);
+        let nap = |d: Duration| {
+            waits.set(waits.get() + 1);
+            std::thread::sleep(d.min(Duration::from_millis(20)));
+        };
         let env = Env {
             by_label: t.path().join("by-label"),
             find_label: &none,
+            device_wait: &nap,
             wait: Duration::from_millis(200),
             resolve: &no_dns,
         };
         let started = Instant::now();
-        let err = mount_all(&vols, &env, &mut Record::default()).unwrap_err();
+        let err = mount_all(&vols, &env, &mut Record::default(), &mut Mounted::new()).unwrap_err();
+        assert!(waits.get() >= 2, "it waits on device events between looks");
         assert!(started.elapsed() >= Duration::from_millis(200));
         assert_eq!(
             err,
