@@ -80,6 +80,11 @@ impl Agent {
 
     /// The session the container's life follows: the one with the container's ID, or the only
     /// persistent session when the ID names none.
+    /// Every session and exec by ID (the toolbox signals the primary through it).
+    pub fn registry(&self) -> Registry {
+        self.registry.clone()
+    }
+
     fn primary_id(&self) -> Option<String> {
         let id = &self.cfg.common.id;
         if self.cfg.sessions.contains_key(id) {

@@ -21,4 +21,5 @@ pub mod run;
 pub mod session;
 pub mod sys;
 pub mod toolbox;
+pub mod tools;
 pub mod volume;

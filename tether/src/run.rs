@@ -450,16 +450,34 @@ fn serve(
             finished: finished_tx,
         });
         watch_signals(events_tx.clone())?;
-        let on_config = Box::new(move |cfg: &ExecutorConfig, gi: &Guestinfo| {
-            let _ = level.modify(|f| *f = logging::level_for(cfg.debug_level));
-            if let Some(f) = &on_config {
-                f(cfg, gi);
-            }
-        });
-        Agent::new(ctx, (events_tx, events_rx), finished_rx, on_config)
+        let known = crate::tools::Known::default();
+        let on_config = {
+            let known = known.clone();
+            Box::new(move |cfg: &ExecutorConfig, gi: &Guestinfo| {
+                let _ = level.modify(|f| *f = logging::level_for(cfg.debug_level));
+                known.update(cfg);
+                if let Some(f) = &on_config {
+                    f(cfg, gi);
+                }
+            })
+        };
+        let tools_gi = ctx.gi.clone();
+        let agent = Agent::new(ctx, (events_tx.clone(), events_rx), finished_rx, on_config);
+        // The embedded VMware Tools, where the transport carries a TCLO channel.
+        let stop_tools = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        crate::tools::start(
+            tools_gi,
+            known,
+            agent.registry(),
+            events_tx,
+            stop_tools.clone(),
+        );
+        let ending = agent
             .run()
             .await
-            .map_err(|e| anyhow::anyhow!("reading the config: {e}"))
+            .map_err(|e| anyhow::anyhow!("reading the config: {e}"));
+        stop_tools.store(true, std::sync::atomic::Ordering::Relaxed);
+        ending
     })
 }
 

@@ -2,6 +2,7 @@
 //! byte stream ([`stream`]), and a `.vmx`-style file ([`vmx`]) for development and tests.
 
 pub mod stream;
+pub mod tools;
 pub mod vmx;
 
 use std::collections::BTreeMap;
@@ -40,7 +41,20 @@ pub trait GuestInfo: Send {
     fn list(&mut self, _prefix: &str) -> Option<Vec<(String, String)>> {
         None
     }
+    /// The tools' TCLO channel: sends the previous reply (empty at first) and returns the host's
+    /// next request (empty: none pending). `Ok(None)`: this transport has no TCLO channel.
+    fn tclo(&mut self, _reply: &[u8]) -> Result<Option<Vec<u8>>, GuestInfoError> {
+        Ok(None)
+    }
+    /// One RPCI request of the tools (`tools.set.version ...`) and its raw reply; `Ok(None)`:
+    /// this transport carries only guestinfo.
+    fn rpci(&mut self, _request: &[u8]) -> Result<Option<Vec<u8>>, GuestInfoError> {
+        Ok(None)
+    }
 }
+
+/// The request that carries a TCLO poll over the stream transport: `tclo ` and the reply.
+pub const TCLO_REQUEST: &[u8] = b"tclo ";
 
 /// Sends raw RPCI request bytes and returns the raw reply bytes.
 pub type RawCall<'a> = dyn FnMut(&[u8]) -> Result<Vec<u8>, GuestInfoError> + 'a;

@@ -125,6 +125,17 @@ impl<S: Read + Write + Send> GuestInfo for StreamGuestInfo<S> {
             .transpose()?;
         Ok(())
     }
+
+    /// `tclo <reply>` answered `1 <request>` (`1 ` alone: nothing pending), byte for byte what a
+    /// VMX puts into the TCLO channel; a host without the channel answers `0 ...`.
+    fn tclo(&mut self, reply: &[u8]) -> Result<Option<Vec<u8>>, GuestInfoError> {
+        let answer = self.call(&[super::TCLO_REQUEST, reply].concat())?;
+        Ok(answer.strip_prefix(b"1 ").map(<[u8]>::to_vec))
+    }
+
+    fn rpci(&mut self, request: &[u8]) -> Result<Option<Vec<u8>>, GuestInfoError> {
+        self.call(request).map(Some)
+    }
 }
 
 /// The most a compressed snapshot may inflate to (a VMX holds far less guestinfo than this).
@@ -135,13 +146,35 @@ const SNAPSHOT_PREFIX: &str = crate::rpc::GUESTINFO_PREFIX;
 
 /// The host side: answers requests from `stream` out of `store` until the stream ends.
 pub fn serve(stream: &mut (impl Read + Write), store: &mut dyn GuestInfo) -> io::Result<()> {
+    serve_with_tools(stream, store, None)
+}
+
+/// [`serve`], and the tools' channels when `tools` is given: `tclo <reply>` is answered
+/// `1 <next request>`, and RPCI requests that are not guestinfo's go to `tools`. Without it, a
+/// `tclo` poll is answered `0 Unknown command`, as by a host with no such channel.
+pub fn serve_with_tools(
+    stream: &mut (impl Read + Write),
+    store: &mut dyn GuestInfo,
+    mut tools: Option<&mut dyn super::tools::ToolsHost>,
+) -> io::Result<()> {
     while let Some(request) = read_frame(stream)? {
-        // The host re-reads its store for every request so that changes made beside it are seen.
-        let reply = match store.refresh() {
-            Ok(()) => serve_request(store, &request),
-            Err(e) => crate::rpc::Reply::Fail(e.to_string()),
+        let bytes = match (
+            request.strip_prefix(super::TCLO_REQUEST),
+            tools.as_deref_mut(),
+        ) {
+            (Some(reply), Some(t)) => [b"1 ".as_slice(), &t.tclo(reply)].concat(),
+            (None, Some(t)) if !request.starts_with(b"info-") => t.rpci(&request),
+            _ => {
+                // The host re-reads its store for every request so that changes made beside it
+                // are seen.
+                let reply = match store.refresh() {
+                    Ok(()) => serve_request(store, &request),
+                    Err(e) => crate::rpc::Reply::Fail(e.to_string()),
+                };
+                reply.to_bytes()
+            }
         };
-        write_frame(stream, &reply.to_bytes())?;
+        write_frame(stream, &bytes)?;
     }
     Ok(())
 }

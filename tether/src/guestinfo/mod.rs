@@ -25,7 +25,14 @@ enum Request {
     Write(Vec<(String, String)>, String),
     /// Answered once everything queued before it is done.
     Sync(oneshot::Sender<()>),
+    /// A TCLO poll (the previous reply out, the next request back) for the toolbox.
+    Tclo(Vec<u8>, mpsc::Sender<Raw>),
+    /// One of the toolbox's RPCI requests.
+    Rpci(Vec<u8>, mpsc::Sender<Raw>),
 }
+
+/// A raw exchange's outcome: `None` when the transport has no such channel.
+pub type Raw = Result<Option<Vec<u8>>, String>;
 
 /// A handle on the guestinfo thread.
 #[derive(Clone)]
@@ -55,6 +62,12 @@ impl Guestinfo {
                         }
                         Request::Sync(done) => {
                             let _ = done.send(());
+                        }
+                        Request::Tclo(reply, answer) => {
+                            let _ = answer.send(gi.tclo(&reply).map_err(|e| e.to_string()));
+                        }
+                        Request::Rpci(request, answer) => {
+                            let _ = answer.send(gi.rpci(&request).map_err(|e| e.to_string()));
                         }
                         Request::Write(pairs, what) => {
                             // As VIC's guest sink: host-only keys dropped, empty values as <nil>.
@@ -101,6 +114,25 @@ impl Guestinfo {
         {
             tracing::error!("guestinfo: writing {what}: the guestinfo thread is gone");
         }
+    }
+
+    /// A TCLO poll through the transport, from a thread that may block (the toolbox's).
+    pub fn tclo_blocking(&self, reply: Vec<u8>) -> Raw {
+        self.raw(|tx| Request::Tclo(reply, tx))
+    }
+
+    /// One of the toolbox's RPCI requests, from a thread that may block.
+    pub fn rpci_blocking(&self, request: Vec<u8>) -> Raw {
+        self.raw(|tx| Request::Rpci(request, tx))
+    }
+
+    fn raw(&self, make: impl FnOnce(mpsc::Sender<Raw>) -> Request) -> Raw {
+        let (tx, rx) = mpsc::channel();
+        self.tx
+            .send(make(tx))
+            .map_err(|_| "the guestinfo thread is gone".to_string())?;
+        rx.recv()
+            .map_err(|_| "the guestinfo thread is gone".to_string())?
     }
 
     /// Returns once everything queued so far has been written (or has failed).

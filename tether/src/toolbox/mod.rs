@@ -1,5 +1,416 @@
-//! The embedded VMware Tools (issue 16, not built yet): the TCLO loop on the backdoor, power
-//! operations, and the guest operations VIC's VCH uses (start a program, signal, file transfer).
+//! The embedded VMware Tools, as VIC's tether embeds them: the TCLO loop ([`tclo`]) takes the
+//! VMX's requests (reset, ping, capabilities, options, power operations, guest operations) and
+//! [`Toolbox::dispatch`] answers them; guest operations ([`vix`]) are limited to what VIC's VCH
+//! uses: StartProgram with three programs (`kill <sig>`, `group-kill <sig>`, `reload`), the
+//! tools' state, the list of the programs so started, and terminating one (a no-op).
 //!
-//! Will own: the TCLO channel and its handlers. May use: `guestinfo` (the backdoor), `sys`, and
-//! the sessions through functions the wiring hands it (it must not reach into the agent).
+//! Owns: the TCLO channel's loop and its handlers. Uses: `guestinfo` (the transport carries the
+//! TCLO channel and the tools' RPCI requests), and the container through [`Container`], which the
+//! wiring implements (it must not reach into the agent).
+
+pub mod tclo;
+pub mod vix;
+
+pub use nix::sys::signal::Signal;
+
+/// What the toolbox asks of the container.
+pub trait Container: Send {
+    /// The container's ID once the config has been read; `None` before.
+    fn id(&self) -> Option<String>;
+    /// The labels of the disk volumes mounted (they authenticate too, as in VIC).
+    fn volume_labels(&self) -> Vec<String>;
+    /// Signals the primary session's process, or its whole process group.
+    fn signal(&self, sig: Signal, group: bool) -> Result<(), String>;
+    /// Reads the config again (a new exec).
+    fn reload(&self);
+    /// Stops the container and powers off (OS_Halt).
+    fn halt(&self);
+    /// The first non-loopback IPv4 address, for `broadcastIP`.
+    fn primary_ip(&self) -> Option<String>;
+}
+
+/// The tools' own requests to the VMX (the RPCI "out" channel).
+pub trait Out: Send {
+    fn send(&mut self, request: &[u8]) -> Result<Vec<u8>, String>;
+}
+
+/// What the tools report as their version: unmanaged (guest-managed tools), as VIC does.
+pub const CAPABILITIES: [&str; 3] = [
+    "tools.set.version 2147483647",
+    "tools.capability.statechange",
+    "tools.capability.hgfs_server toolbox 1",
+];
+
+/// The guest OS states of the power operations (`powerops.h`).
+const HALT: u8 = 1;
+const REBOOT: u8 = 2;
+const POWER_ON: u8 = 3;
+const RESUME: u8 = 4;
+const SUSPEND: u8 = 5;
+
+/// The TCLO request handlers.
+pub struct Toolbox<C> {
+    container: C,
+    out: Box<dyn Out>,
+    /// Programs "started" (their synthetic pids and commands, for ListProcessesEx).
+    started: Vec<(u64, String)>,
+}
+
+impl<C: Container> Toolbox<C> {
+    pub fn new(container: C, out: Box<dyn Out>) -> Self {
+        Self {
+            container,
+            out,
+            started: Vec::new(),
+        }
+    }
+
+    fn out(&mut self, request: &str) {
+        if let Err(e) = self.out.send(request.as_bytes()) {
+            tracing::warn!("toolbox: {request:?}: {e}");
+        }
+    }
+
+    /// Answers one TCLO request: `OK ...`, `ERR ...` or `Unknown Command`.
+    pub fn dispatch(&mut self, request: &[u8]) -> Vec<u8> {
+        let (name, args) = match request.iter().position(|&b| b == b' ') {
+            Some(i) => (&request[..i], &request[i + 1..]),
+            None => (request, &[][..]),
+        };
+        let end = name.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        let name = String::from_utf8_lossy(&name[..end]).into_owned();
+        tracing::debug!("toolbox: {name}");
+        let ok = |payload: &[u8]| [b"OK ".as_slice(), payload].concat();
+        match name.as_str() {
+            "reset" => ok(b"ATR toolbox"),
+            "ping" => ok(b""),
+            "Capabilities_Register" => {
+                for c in CAPABILITIES {
+                    self.out(c);
+                }
+                ok(b"")
+            }
+            "Set_Option" => {
+                let text = String::from_utf8_lossy(args);
+                let mut words = text.trim_end_matches('\0').splitn(2, ' ');
+                if (words.next(), words.next()) == (Some("broadcastIP"), Some("1")) {
+                    if let Some(ip) = self.container.primary_ip() {
+                        self.out(&format!("info-set guestinfo.ip {ip}"));
+                    }
+                }
+                ok(b"")
+            }
+            "OS_PowerOn" => self.power(POWER_ON, true),
+            "OS_Resume" => self.power(RESUME, true),
+            "OS_Suspend" => self.power(SUSPEND, true),
+            "OS_Reboot" => self.power(REBOOT, false),
+            "OS_Halt" => {
+                let reply = self.power(HALT, true);
+                tracing::info!("toolbox: OS_Halt: stopping the container");
+                self.container.halt();
+                reply
+            }
+            "Vix_1_Relayed_Command" => ok(&self.vix(args)),
+            _ => b"Unknown Command".to_vec(),
+        }
+    }
+
+    /// A power operation: its state change reported (`1` done, `0` refused), then OK.
+    fn power(&mut self, state: u8, done: bool) -> Vec<u8> {
+        let rc = if done { "1 " } else { "0 " };
+        self.out(&format!("tools.os.statechange.status {rc}{state}\0"));
+        b"OK ".to_vec()
+    }
+
+    /// A relayed guest operation: `"<name>"`, a NUL, then the VIX request.
+    fn vix(&mut self, args: &[u8]) -> Vec<u8> {
+        let mut data = args;
+        if data.first() == Some(&b'"') {
+            data = &data[1..];
+            if let Some(i) = data.iter().position(|&b| b == b'"') {
+                data = &data[i + 1..];
+            }
+        }
+        if data.first() == Some(&0) {
+            data = &data[1..];
+        }
+        let req = match vix::parse(data) {
+            Ok(r) => r,
+            Err(vix::Malformed(code)) => return vix::reply(None, code, b""),
+        };
+        let h = req.header;
+        if h.opcode != vix::OP_GET_TOOLS_STATE {
+            if let Err(why) = self.authenticate(&h, req.credential) {
+                tracing::warn!("toolbox: guest operation {} refused: {why}", h.opcode);
+                return vix::reply(Some(&h), vix::error::AUTHENTICATION_FAIL, why.as_bytes());
+            }
+        }
+        match h.opcode {
+            vix::OP_GET_TOOLS_STATE => vix::reply(Some(&h), vix::error::OK, b""),
+            vix::OP_START_PROGRAM => match vix::start_program(req.body) {
+                Ok(p) => match self.start(&p) {
+                    Ok(pid) => vix::reply(Some(&h), vix::error::OK, pid.to_string().as_bytes()),
+                    Err(why) => {
+                        tracing::warn!("toolbox: StartProgram {:?}: {why}", p.path);
+                        vix::reply(Some(&h), vix::error::FAIL, why.as_bytes())
+                    }
+                },
+                Err(vix::Malformed(code)) => vix::reply(Some(&h), code, b""),
+            },
+            vix::OP_LIST_PROCESSES_EX => {
+                let list: String = self
+                    .started
+                    .iter()
+                    .map(|(pid, cmd)| {
+                        format!(
+                            "<proc><cmd>{cmd}</cmd><name>{cmd}</name><pid>{pid}</pid><user>root</user>\
+                             <start>0</start><eCode>0</eCode><eTime>0</eTime></proc>"
+                        )
+                    })
+                    .collect();
+                vix::reply(Some(&h), vix::error::OK, list.as_bytes())
+            }
+            vix::OP_TERMINATE_PROCESS => vix::reply(Some(&h), vix::error::NO_SUCH_PROCESS, b""),
+            _ => vix::reply(Some(&h), vix::error::UNRECOGNIZED_COMMAND_IN_GUEST, b""),
+        }
+    }
+
+    /// VIC's override: the credential's name is the container's ID or a mounted volume's label.
+    fn authenticate(&self, h: &vix::Header, credential: &[u8]) -> Result<(), String> {
+        let name = vix::credential_name(h, credential)?;
+        let Some(id) = self.container.id() else {
+            return Err("not yet initialized".into());
+        };
+        if name == id || self.container.volume_labels().contains(&name) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{name:?} is neither the container nor one of its volumes"
+            ))
+        }
+    }
+
+    /// VIC's StartProgram: `kill <sig>`, `group-kill <sig>` or `reload`; a synthetic pid.
+    fn start(&mut self, p: &vix::StartProgram) -> Result<u64, String> {
+        match p.path.as_str() {
+            "kill" | "group-kill" => {
+                let sig = tether_proto::signal::parse(p.arguments.trim())
+                    .map_err(|e| format!("{} {:?}: {e}", p.path, p.arguments))?;
+                let sig = Signal::try_from(sig).map_err(|e| format!("signal {sig}: {e}"))?;
+                tracing::info!("toolbox: {} {sig:?}", p.path);
+                self.container.signal(sig, p.path == "group-kill")?;
+            }
+            "reload" => {
+                tracing::info!("toolbox: reload");
+                self.container.reload();
+            }
+            other => return Err(format!("unknown command {other:?}")),
+        }
+        let pid = 1000 + self.started.len() as u64;
+        self.started.push((
+            pid,
+            format!("{} {}", p.path, p.arguments).trim().to_string(),
+        ));
+        Ok(pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    /// Records what the toolbox did to the container and sent to the VMX.
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<String>>>);
+
+    impl Log {
+        fn push(&self, s: String) {
+            self.0.lock().unwrap().push(s);
+        }
+        fn take(&self) -> Vec<String> {
+            std::mem::take(&mut self.0.lock().unwrap())
+        }
+    }
+
+    struct FakeContainer {
+        id: Option<String>,
+        log: Log,
+    }
+
+    impl Container for FakeContainer {
+        fn id(&self) -> Option<String> {
+            self.id.clone()
+        }
+        fn volume_labels(&self) -> Vec<String> {
+            vec!["vol-data".into()]
+        }
+        fn signal(&self, sig: Signal, group: bool) -> Result<(), String> {
+            self.log.push(format!("signal {sig:?} group={group}"));
+            Ok(())
+        }
+        fn reload(&self) {
+            self.log.push("reload".into());
+        }
+        fn halt(&self) {
+            self.log.push("halt".into());
+        }
+        fn primary_ip(&self) -> Option<String> {
+            Some("10.0.2.15".into())
+        }
+    }
+
+    struct FakeOut(Log);
+    impl Out for FakeOut {
+        fn send(&mut self, request: &[u8]) -> Result<Vec<u8>, String> {
+            self.0
+                .push(format!("out {}", String::from_utf8_lossy(request)));
+            Ok(b"1 ".to_vec())
+        }
+    }
+
+    fn toolbox(id: Option<&str>) -> (Toolbox<FakeContainer>, Log) {
+        let log = Log::default();
+        let c = FakeContainer {
+            id: id.map(str::to_string),
+            log: log.clone(),
+        };
+        (Toolbox::new(c, Box::new(FakeOut(log.clone()))), log)
+    }
+
+    /// A relayed StartProgram as the VMX puts it in the TCLO channel.
+    fn start(name: &str, path: &str, args: &str) -> Vec<u8> {
+        let body = vix::start_program_body(path, args);
+        let req = vix::request(
+            vix::OP_START_PROGRAM,
+            &body,
+            &vix::credential(name, "ignored"),
+            vix::CREDENTIAL_NAME_PASSWORD,
+        );
+        [b"Vix_1_Relayed_Command \"38cd...\"\0".as_slice(), &req].concat()
+    }
+
+    #[test]
+    fn the_vmx_handshake_commands() {
+        let (mut t, log) = toolbox(Some("c0ffee"));
+        assert_eq!(t.dispatch(b"reset\0"), b"OK ATR toolbox");
+        assert_eq!(t.dispatch(b"ping"), b"OK ");
+        assert_eq!(t.dispatch(b"Capabilities_Register"), b"OK ");
+        assert_eq!(t.dispatch(b"Set_Option broadcastIP 1"), b"OK ");
+        assert_eq!(t.dispatch(b"Set_Option enableDnD 0"), b"OK ");
+        assert_eq!(t.dispatch(b"No_Such_Thing x"), b"Unknown Command");
+        assert_eq!(
+            log.take(),
+            [
+                "out tools.set.version 2147483647",
+                "out tools.capability.statechange",
+                "out tools.capability.hgfs_server toolbox 1",
+                "out info-set guestinfo.ip 10.0.2.15",
+            ]
+        );
+    }
+
+    #[test]
+    fn power_operations_report_their_state_and_halt_stops_the_container() {
+        let (mut t, log) = toolbox(Some("c0ffee"));
+        for op in [
+            "OS_PowerOn",
+            "OS_Resume",
+            "OS_Suspend",
+            "OS_Reboot",
+            "OS_Halt",
+        ] {
+            assert_eq!(t.dispatch(op.as_bytes()), b"OK ", "{op}");
+        }
+        assert_eq!(
+            log.take(),
+            [
+                "out tools.os.statechange.status 1 3\0",
+                "out tools.os.statechange.status 1 4\0",
+                "out tools.os.statechange.status 1 5\0",
+                "out tools.os.statechange.status 0 2\0",
+                "out tools.os.statechange.status 1 1\0",
+                "halt",
+            ]
+        );
+    }
+
+    #[test]
+    fn start_program_runs_vics_three_programs_for_the_container_only() {
+        let (mut t, log) = toolbox(Some("c0ffee"));
+        assert_eq!(
+            t.dispatch(&start("c0ffee", "kill", "TERM")),
+            b"OK 0 0 1000\0"
+        );
+        assert_eq!(
+            t.dispatch(&start("c0ffee", "group-kill", "9")),
+            b"OK 0 0 1001\0"
+        );
+        assert_eq!(
+            t.dispatch(&start("vol-data", "reload", "")),
+            b"OK 0 0 1002\0"
+        );
+        assert_eq!(
+            log.take(),
+            [
+                "signal SIGTERM group=false",
+                "signal SIGKILL group=true",
+                "reload"
+            ]
+        );
+        // Anything else is refused, and so is anyone else.
+        let r = t.dispatch(&start("c0ffee", "/bin/sh", "-c id"));
+        assert_eq!(r, b"OK 1 0 unknown command \"/bin/sh\"\0");
+        let r = t.dispatch(&start("other", "kill", "TERM"));
+        assert!(
+            r.starts_with(b"OK 35 0 "),
+            "{}",
+            String::from_utf8_lossy(&r)
+        );
+        let r = t.dispatch(&start("c0ffee", "kill", "NOSUCHSIG"));
+        assert!(
+            r.starts_with(b"OK 1 0 kill"),
+            "{}",
+            String::from_utf8_lossy(&r)
+        );
+        assert!(log.take().is_empty());
+        // The programs started, as ListProcessesEx shows them.
+        let list = vix::request(
+            vix::OP_LIST_PROCESSES_EX,
+            &[0; 12],
+            &vix::credential("c0ffee", ""),
+            1,
+        );
+        let r = t.dispatch(&[b"Vix_1_Relayed_Command \"x\"\0".as_slice(), &list].concat());
+        let text = String::from_utf8_lossy(&r);
+        assert!(
+            text.starts_with("OK 0 0 <proc><cmd>kill TERM</cmd>"),
+            "{text}"
+        );
+        assert!(text.contains("<pid>1002</pid>"), "{text}");
+    }
+
+    #[test]
+    fn before_the_config_and_with_bad_requests() {
+        let (mut t, _) = toolbox(None);
+        assert_eq!(
+            t.dispatch(&start("c0ffee", "kill", "TERM")),
+            b"OK 35 0 not yet initialized\0"
+        );
+        let (mut t, log) = toolbox(Some("c0ffee"));
+        // A truncated header, a wrong magic, an unknown opcode.
+        let req = start("c0ffee", "kill", "TERM");
+        let r = t.dispatch(&req[..40]);
+        assert_eq!(r, b"OK 10000 0 \0");
+        let r = t.dispatch(b"Vix_1_Relayed_Command \"x\"\0\x01\x02\x03\x04");
+        assert_eq!(r, b"OK 10000 0 \0");
+        let odd = vix::request(77, &[], &vix::credential("c0ffee", ""), 1);
+        let r = t.dispatch(&[b"Vix_1_Relayed_Command \"x\"\0".as_slice(), &odd].concat());
+        assert_eq!(r, b"OK 3025 0 \0");
+        // GetToolsState needs no credential.
+        let state = vix::request(vix::OP_GET_TOOLS_STATE, &[], &[], 0);
+        let r = t.dispatch(&[b"Vix_1_Relayed_Command \"x\"\0".as_slice(), &state].concat());
+        assert_eq!(r, b"OK 0 0 \0");
+        assert!(log.take().is_empty());
+    }
+}

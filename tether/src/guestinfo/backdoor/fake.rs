@@ -24,6 +24,9 @@ struct Chan {
     cookie_high: u32,
     cookie_low: u32,
     state: State,
+    /// A TCLO channel: what the guest sends is its reply to the last request; what it
+    /// receives is the next request.
+    tclo: bool,
 }
 
 pub struct FakeHost {
@@ -38,6 +41,12 @@ pub struct FakeHost {
     pub checkpoints: BTreeSet<usize>,
     /// Which message sub-commands the guest used, in order.
     pub trace: Vec<MsgType>,
+    /// TCLO requests for the guest to take, in order.
+    pub tclo_requests: std::collections::VecDeque<Vec<u8>>,
+    /// What the guest sent on the TCLO channel (its replies), in order.
+    pub tclo_replies: Vec<Vec<u8>>,
+    /// The RPCI requests that were not guestinfo (the tools' own), in order.
+    pub rpci_log: Vec<Vec<u8>>,
     calls: usize,
     channels: Vec<Option<Chan>>,
     next_cookie: u32,
@@ -52,6 +61,9 @@ impl FakeHost {
             secure_rpc: false,
             checkpoints: BTreeSet::new(),
             trace: Vec::new(),
+            tclo_requests: Default::default(),
+            tclo_replies: Vec::new(),
+            rpci_log: Vec::new(),
             calls: 0,
             channels: (0..MAX_CHANNELS).map(|_| None).collect(),
             next_cookie: 0x1234_5678,
@@ -65,6 +77,24 @@ impl FakeHost {
     fn checkpoint_now(&mut self) -> bool {
         self.calls += 1;
         self.checkpoints.contains(&self.calls)
+    }
+
+    /// The answer on channel `dx`: the next TCLO request, or the RPCI reply.
+    fn answer_on(&mut self, dx: u32, request: &[u8]) -> Vec<u8> {
+        let tclo = self
+            .channels
+            .get((dx >> 16) as usize)
+            .and_then(Option::as_ref)
+            .is_some_and(|c| c.tclo);
+        if tclo {
+            self.tclo_replies.push(request.to_vec());
+            return self.tclo_requests.pop_front().unwrap_or_default();
+        }
+        if !request.starts_with(b"info-") {
+            self.rpci_log.push(request.to_vec());
+            return b"1 ".to_vec();
+        }
+        self.answer(request)
     }
 
     fn answer(&mut self, request: &[u8]) -> Vec<u8> {
@@ -179,7 +209,7 @@ impl FakeHost {
             MsgType::Open => unreachable!("handled above"),
         };
         if let Some(request) = processed {
-            let reply = self.answer(&request);
+            let reply = self.answer_on(dx, &request);
             if let Some(ch) = self.channel(dx, si, di) {
                 ch.state = State::ReplyReady { reply, pos: 0 };
             }
@@ -190,7 +220,8 @@ impl FakeHost {
     fn open(&mut self, r: &mut Regs) -> u32 {
         self.trace.push(MsgType::Open);
         let wants_cookie = r.bx & FLAG_COOKIE != 0;
-        if r.bx & !FLAG_COOKIE != PROTO_RPCI || (wants_cookie && !self.cookies) {
+        let proto = r.bx & !FLAG_COOKIE;
+        if !(proto == PROTO_RPCI || proto == PROTO_TCLO) || (wants_cookie && !self.cookies) {
             return 0;
         }
         let Some(id) = self.channels.iter().position(Option::is_none) else {
@@ -206,6 +237,7 @@ impl FakeHost {
             cookie_high: high,
             cookie_low: low,
             state: State::Idle,
+            tclo: proto == PROTO_TCLO,
         });
         r.dx = (id as u32) << 16 | PORT_LB;
         r.si = high;
@@ -253,7 +285,7 @@ impl Hypervisor for FakeHost {
             }
         }
         if let Some(request) = processed {
-            let reply = self.answer(&request);
+            let reply = self.answer_on(dx, &request);
             if let Some(ch) = self.channel(dx, high, low) {
                 ch.state = State::ReplyReady { reply, pos: 0 };
             }

@@ -29,6 +29,8 @@ pub const CMD_MESSAGE: u32 = 0x1E;
 pub const HB_CMD_MESSAGE: u32 = 0;
 /// The RPCI protocol number and the flag asking for cookies.
 pub const PROTO_RPCI: u32 = 0x4943_5052;
+/// The host-to-guest channel the tools poll (`"TCLO"`).
+pub const PROTO_TCLO: u32 = 0x4f4c_4354;
 pub const FLAG_COOKIE: u32 = 0x8000_0000;
 /// The largest reply we take: guestinfo values are small, and the length comes from the host.
 pub const MAX_REPLY: usize = 1 << 20;
@@ -129,7 +131,15 @@ pub fn get_version(hv: &mut dyn Hypervisor) -> Result<u32, BackdoorError> {
     Ok(r.ax)
 }
 
-/// An open RPCI channel.
+/// An open channel's id and cookies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChannelState {
+    id: u32,
+    cookie_high: u32,
+    cookie_low: u32,
+}
+
+/// An open RPCI (or TCLO) channel.
 pub struct Channel<'h> {
     hv: &'h mut dyn Hypervisor,
     id: u32,
@@ -140,8 +150,13 @@ pub struct Channel<'h> {
 impl<'h> Channel<'h> {
     /// Opens an RPCI channel, asking for cookies first and without them if the host refuses.
     pub fn open(hv: &'h mut dyn Hypervisor) -> Result<Self, BackdoorError> {
+        Self::open_protocol(hv, PROTO_RPCI)
+    }
+
+    /// Opens a channel of `protocol` (RPCI or TCLO), with cookies if the host gives them.
+    pub fn open_protocol(hv: &'h mut dyn Hypervisor, protocol: u32) -> Result<Self, BackdoorError> {
         let mut last = 0;
-        for proto in [PROTO_RPCI | FLAG_COOKIE, PROTO_RPCI] {
+        for proto in [protocol | FLAG_COOKIE, protocol] {
             let mut r = Regs {
                 ax: MAGIC,
                 bx: proto,
@@ -161,6 +176,25 @@ impl<'h> Channel<'h> {
             }
         }
         Err(BackdoorError::OpenFailed(last))
+    }
+
+    /// What names this channel to the host, to use it again later ([`Channel::resume`]).
+    pub fn state(&self) -> ChannelState {
+        ChannelState {
+            id: self.id,
+            cookie_high: self.cookie_high,
+            cookie_low: self.cookie_low,
+        }
+    }
+
+    /// A channel opened earlier and left open (the TCLO channel lives across polls).
+    pub fn resume(hv: &'h mut dyn Hypervisor, s: ChannelState) -> Self {
+        Self {
+            hv,
+            id: s.id,
+            cookie_high: s.cookie_high,
+            cookie_low: s.cookie_low,
+        }
     }
 
     fn lb(&mut self, step: MsgType, bx: u32) -> Regs {
@@ -353,16 +387,17 @@ pub fn call(hv: &mut dyn Hypervisor, request: &[u8]) -> Result<Vec<u8>, Backdoor
     result
 }
 
-/// Guestinfo through the backdoor.
+/// Guestinfo through the backdoor (and the tools' TCLO channel, kept open across polls).
 pub struct Backdoor<H> {
     hv: H,
+    tclo: Option<ChannelState>,
 }
 
 impl<H: Hypervisor> Backdoor<H> {
     /// Uses `hv` after checking that a backdoor answers.
     pub fn new(mut hv: H) -> Result<Self, BackdoorError> {
         get_version(&mut hv)?;
-        Ok(Self { hv })
+        Ok(Self { hv, tclo: None })
     }
 }
 
@@ -389,5 +424,29 @@ impl<H: Hypervisor + Send> GuestInfo for Backdoor<H> {
             key,
             value,
         )
+    }
+
+    fn tclo(&mut self, reply: &[u8]) -> Result<Option<Vec<u8>>, GuestInfoError> {
+        let mut ch = match self.tclo.take() {
+            Some(s) => Channel::resume(&mut self.hv, s),
+            None => Channel::open_protocol(&mut self.hv, PROTO_TCLO)?,
+        };
+        match ch.send(reply).and_then(|()| ch.receive()) {
+            Ok(request) => {
+                self.tclo = Some(ch.state());
+                Ok(Some(request))
+            }
+            Err(e) => {
+                // Opened afresh at the next poll.
+                ch.close();
+                Err(e.into())
+            }
+        }
+    }
+
+    fn rpci(&mut self, request: &[u8]) -> Result<Option<Vec<u8>>, GuestInfoError> {
+        call(&mut self.hv, request)
+            .map(Some)
+            .map_err(GuestInfoError::from)
     }
 }

@@ -238,3 +238,130 @@ proptest! {
         prop_assert!(hv.at < 4 * (MAX_REPLY / 4 + 64) * CHECKPOINT_RETRIES);
     }
 }
+
+#[test]
+fn the_tclo_channel_stays_open_and_carries_replies_out_and_requests_in() {
+    for hb in [false, true] {
+        let mut h = host(hb);
+        h.tclo_requests
+            .extend([b"reset".to_vec(), Vec::new(), b"ping".to_vec()]);
+        let mut b = backdoor(h);
+        assert_eq!(b.tclo(b"").unwrap(), Some(b"reset".to_vec()));
+        assert_eq!(b.tclo(b"OK ATR toolbox").unwrap(), Some(Vec::new()));
+        // Guestinfo and the tools' own requests go on their own channels in between.
+        assert_eq!(
+            b.get("guestinfo.vice./common/id").unwrap().as_deref(),
+            Some("abc123")
+        );
+        assert_eq!(
+            b.rpci(b"tools.set.version 2147483647").unwrap(),
+            Some(b"1 ".to_vec())
+        );
+        assert_eq!(b.tclo(b"").unwrap(), Some(b"ping".to_vec()));
+        assert_eq!(
+            b.hv.tclo_replies,
+            [b"".to_vec(), b"OK ATR toolbox".to_vec(), b"".to_vec()]
+        );
+        assert_eq!(b.hv.rpci_log, [b"tools.set.version 2147483647".to_vec()]);
+        assert_eq!(b.hv.open_channels(), 1, "only the TCLO channel stays open");
+    }
+}
+
+/// The toolbox's loop against the fake VMX: the VMX's requests in, the replies and the tools'
+/// RPCI requests out, byte for byte.
+#[test]
+fn the_toolbox_loop_answers_the_vmx_through_the_backdoor() {
+    use crate::toolbox::{tclo, vix, Container, Out, Toolbox};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Did(Arc<Mutex<Vec<String>>>);
+    impl Container for Did {
+        fn id(&self) -> Option<String> {
+            Some("abc123".into())
+        }
+        fn volume_labels(&self) -> Vec<String> {
+            vec![]
+        }
+        fn signal(&self, sig: nix::sys::signal::Signal, group: bool) -> Result<(), String> {
+            self.0.lock().unwrap().push(format!("{sig:?} {group}"));
+            Ok(())
+        }
+        fn reload(&self) {
+            self.0.lock().unwrap().push("reload".into());
+        }
+        fn halt(&self) {
+            self.0.lock().unwrap().push("halt".into());
+        }
+        fn primary_ip(&self) -> Option<String> {
+            None
+        }
+    }
+
+    let vix_start = |path: &str, args: &str| {
+        let req = vix::request(
+            vix::OP_START_PROGRAM,
+            &vix::start_program_body(path, args),
+            &vix::credential("abc123", ""),
+            vix::CREDENTIAL_NAME_PASSWORD,
+        );
+        [b"Vix_1_Relayed_Command \"1\"\0".as_slice(), &req].concat()
+    };
+    let mut h = host(false);
+    h.tclo_requests.extend([
+        b"reset".to_vec(),
+        b"Capabilities_Register".to_vec(),
+        vix_start("kill", "TERM"),
+        vix_start("reload", ""),
+        b"OS_Halt".to_vec(),
+    ]);
+    let b = Arc::new(Mutex::new(backdoor(h)));
+    struct Line(Arc<Mutex<Backdoor<FakeHost>>>, Arc<AtomicBool>);
+    impl tclo::Line for Line {
+        fn poll(&mut self, reply: &[u8]) -> Result<Option<Vec<u8>>, String> {
+            let mut b = self.0.lock().unwrap();
+            if b.hv.tclo_requests.is_empty() && !reply.is_empty() {
+                // The last reply is out: the test's VMX has nothing more to say.
+                self.1.store(true, Ordering::Relaxed);
+            }
+            b.tclo(reply).map_err(|e| e.to_string())
+        }
+    }
+    // The tools' out channel through the same fake.
+    struct RpciOut(Arc<Mutex<Backdoor<FakeHost>>>);
+    impl Out for RpciOut {
+        fn send(&mut self, request: &[u8]) -> Result<Vec<u8>, String> {
+            let got = self.0.lock().unwrap().rpci(request);
+            got.map(Option::unwrap_or_default)
+                .map_err(|e| e.to_string())
+        }
+    }
+    let did = Did::default();
+    let mut toolbox = Toolbox::new(did.clone(), Box::new(RpciOut(b.clone())));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut line = Line(b.clone(), stop.clone());
+    tclo::run(&mut line, &mut toolbox, &stop, &|_| {});
+    let b = b.lock().unwrap();
+    assert_eq!(
+        b.hv.tclo_replies,
+        [
+            b"".to_vec(),
+            b"OK ATR toolbox".to_vec(),
+            b"OK ".to_vec(),
+            b"OK 0 0 1000\0".to_vec(),
+            b"OK 0 0 1001\0".to_vec(),
+            b"OK ".to_vec(),
+        ]
+    );
+    assert_eq!(
+        b.hv.rpci_log,
+        [
+            b"tools.set.version 2147483647".to_vec(),
+            b"tools.capability.statechange".to_vec(),
+            b"tools.capability.hgfs_server toolbox 1".to_vec(),
+            b"tools.os.statechange.status 1 1\0".to_vec(),
+        ]
+    );
+    assert_eq!(*did.0.lock().unwrap(), ["SIGTERM false", "reload", "halt"]);
+}
