@@ -12,4 +12,5 @@ pub mod iolog;
 pub mod modindex;
 pub mod rpc;
 pub mod signal;
+pub mod vix;
 pub mod vm;

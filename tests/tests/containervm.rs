@@ -1006,3 +1006,51 @@ fn an_nfs_volume_from_a_server_on_the_hosts_loopback() {
     assert_eq!(text(&out.stdout), "from the container\nrefused\n");
     assert!(!export.join("no").exists());
 }
+
+#[test]
+fn exec_and_stop_go_through_the_vms_tools_as_vics_vch_does() {
+    let Some(host) = Host::new() else { return };
+    let out = host.vch(&[
+        "run",
+        "-d",
+        "--net",
+        "none",
+        "--name",
+        "tools",
+        "--",
+        "/bin/sleep",
+        "1000",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    let inspect = |host: &Host| -> serde_json::Value {
+        serde_json::from_slice(&host.vch(&["inspect", "tools"]).stdout).unwrap()
+    };
+    // The tools poll the supervisor (the VMX): inspect shows them running.
+    let start = Instant::now();
+    while inspect(&host)["Tools"]["Running"] != true {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            inspect(&host)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let out = host.vch(&["exec", "tools", "--", "/bin/echo", "through the tools"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "through the tools\n");
+    let out = host.vch(&["stop", "tools"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The guest's tools did both (its debug log), asked by the supervisor (its log).
+    let debug = host.debug_log();
+    assert!(debug.contains("toolbox: reload"), "{debug}");
+    assert!(debug.contains("toolbox: kill SIGTERM"), "{debug}");
+    let sup = std::fs::read_to_string(host.state.path().join(&id).join("supervisor.log")).unwrap();
+    assert_eq!(
+        sup.matches("tools: Vix_1_Relayed_Command").count(),
+        2,
+        "{sup}"
+    );
+    assert_eq!(inspect(&host)["State"]["ExitCode"], 143);
+    assert_eq!(inspect(&host)["Tools"]["Running"], false);
+}

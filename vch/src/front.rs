@@ -28,8 +28,16 @@ struct Global {
     want_reply: bool,
 }
 
+/// The global request a `vch` command sends the supervisor to have the VM's tools run a TCLO
+/// request (the data) as the VMX would; the answer is the tools' reply.
+pub const TOOLS_REQUEST: &str = "tools@vch";
+
+/// How long a tools request waits for the guest's reply.
+const TOOLS_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 struct Front {
     upstream: Handle,
+    tools: tether_proto::guestinfo::tools::ToolsQueue,
     down: Option<Handle>,
     channels: HashMap<ChannelId, mpsc::UnboundedSender<FromClient>>,
     globals: Option<mpsc::UnboundedSender<Global>>,
@@ -48,12 +56,36 @@ impl Handler for Front {
         // Global requests are answered in the order they came: one task relays them all.
         let (tx, mut rx) = mpsc::unbounded_channel::<Global>();
         let (up, down) = (self.upstream.clone(), handle.clone());
+        let tools = self.tools.clone();
         tokio::spawn(async move {
             while let Some(g) = rx.recv().await {
-                let answer = up
-                    .global_request(&g.name, g.want_reply, g.data)
-                    .await
-                    .unwrap_or(None);
+                let answer = if g.name == TOOLS_REQUEST {
+                    // As the VMX: the request goes to the guest's next TCLO poll.
+                    let tools = tools.clone();
+                    let end = g
+                        .data
+                        .iter()
+                        .position(|&b| b == b' ')
+                        .unwrap_or(g.data.len());
+                    let shown = format!(
+                        "{} ({} bytes)",
+                        String::from_utf8_lossy(&g.data[..end]),
+                        g.data.len()
+                    );
+                    let reply =
+                        tokio::task::spawn_blocking(move || tools.request(g.data, TOOLS_WAIT))
+                            .await
+                            .unwrap_or(None);
+                    tracing::info!(
+                        "tools: {shown} -> {:?}",
+                        reply.as_deref().map(String::from_utf8_lossy)
+                    );
+                    reply
+                } else {
+                    up.global_request(&g.name, g.want_reply, g.data)
+                        .await
+                        .unwrap_or(None)
+                };
                 if g.want_reply && down.answer_global(answer).await.is_err() {
                     return;
                 }
@@ -235,7 +267,12 @@ impl Clients {
 
 /// Serves clients on `listener`, relaying to `upstream`, until `upstream` is gone; the clients'
 /// connections go on (to take what is relayed) and are counted in `clients`.
-pub async fn serve(listener: tokio::net::UnixListener, upstream: Handle, clients: Clients) {
+pub async fn serve(
+    listener: tokio::net::UnixListener,
+    upstream: Handle,
+    clients: Clients,
+    tools: tether_proto::guestinfo::tools::ToolsQueue,
+) {
     let key = PrivateKey::generate_ed25519();
     let config = std::sync::Arc::new(ServerConfig::new(vec![key]));
     loop {
@@ -246,6 +283,7 @@ pub async fn serve(listener: tokio::net::UnixListener, upstream: Handle, clients
         let Ok((stream, _)) = accepted else { continue };
         let front = Front {
             upstream: upstream.clone(),
+            tools: tools.clone(),
             down: None,
             channels: HashMap::new(),
             globals: None,

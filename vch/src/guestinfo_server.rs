@@ -6,7 +6,7 @@ use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
-use tether_proto::guestinfo::stream::serve;
+use tether_proto::guestinfo::stream::serve_with_tools;
 use tether_proto::guestinfo::vmx::VmxFile;
 
 /// Where to listen: `unix:PATH` or `tcp:HOST:PORT`.
@@ -32,7 +32,7 @@ impl std::str::FromStr for ListenAddr {
 pub fn serve_file(file: PathBuf, addr: &ListenAddr) -> anyhow::Result<()> {
     // Fail early on a missing or malformed file rather than at the first request.
     VmxFile::open(&file).with_context(|| format!("opening {}", file.display()))?;
-    let serve_one = move |stream: Box<dyn ReadWrite>| serve_connection(file.clone(), stream);
+    let serve_one = move |stream: Box<dyn ReadWrite>| serve_connection(file.clone(), stream, None);
     match addr {
         ListenAddr::Unix(path) => {
             let _ = std::fs::remove_file(path);
@@ -52,12 +52,22 @@ pub fn serve_file(file: PathBuf, addr: &ListenAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves `file` to one connection on a thread of its own.
-pub fn serve_connection(file: PathBuf, mut stream: Box<dyn ReadWrite>) {
+/// Serves `file` (and the tools' channels, when given) to one connection on a thread of its own.
+pub fn serve_connection(
+    file: PathBuf,
+    mut stream: Box<dyn ReadWrite>,
+    tools: Option<tether_proto::guestinfo::tools::ToolsQueue>,
+) {
     std::thread::spawn(move || {
+        let mut tools = tools;
         let result = VmxFile::open(&file)
             .map_err(anyhow::Error::from)
-            .and_then(|mut store| Ok(serve(&mut stream, &mut store)?));
+            .and_then(|mut store| {
+                let host = tools
+                    .as_mut()
+                    .map(|t| t as &mut dyn tether_proto::guestinfo::tools::ToolsHost);
+                Ok(serve_with_tools(&mut stream, &mut store, host)?)
+            });
         if let Err(e) = result {
             tracing::warn!("guestinfo connection ended: {e:#}");
         }

@@ -13,10 +13,37 @@ use crate::container::{state_root, AttachLine, Container, VSOCK_PORT};
 use crate::vm::{self, VmSpec};
 
 /// Serves guestinfo from `file` to each connection on `listener` (QEMU's, and its reconnects).
-pub fn serve_guestinfo(file: std::path::PathBuf, listener: UnixListener) {
+pub fn serve_guestinfo(
+    file: std::path::PathBuf,
+    listener: UnixListener,
+    tools: tether_proto::guestinfo::tools::ToolsQueue,
+) {
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
-            crate::guestinfo_server::serve_connection(file.clone(), Box::new(stream));
+            crate::guestinfo_server::serve_connection(
+                file.clone(),
+                Box::new(stream),
+                Some(tools.clone()),
+            );
+        }
+    });
+}
+
+/// Records when the guest's tools last polled, in `tools.poll` (seconds since the epoch), for
+/// `vch inspect`.
+fn record_tools_polls(c: &Container, tools: tether_proto::guestinfo::tools::ToolsQueue) {
+    let file = c.dir.join("tools.poll");
+    std::thread::spawn(move || {
+        let mut last = None;
+        loop {
+            let now = tools.last_poll();
+            if now != last {
+                if let Some(t) = now.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
+                    let _ = std::fs::write(&file, t.as_secs().to_string());
+                }
+                last = now;
+            }
+            std::thread::sleep(Duration::from_secs(1));
         }
     });
 }
@@ -27,6 +54,7 @@ async fn attach_lines(
     lines: &Listening,
     c: &Container,
     clients: &crate::front::Clients,
+    tools: &tether_proto::guestinfo::tools::ToolsQueue,
 ) -> anyhow::Result<std::convert::Infallible> {
     loop {
         let line = lines.accept().await?;
@@ -35,7 +63,7 @@ async fn attach_lines(
                 tracing::info!("the tether is connected");
                 let _ = std::fs::remove_file(c.ctl_socket());
                 let ctl = tokio::net::UnixListener::bind(c.ctl_socket())?;
-                crate::front::serve(ctl, h, clients.clone()).await;
+                crate::front::serve(ctl, h, clients.clone(), tools.clone()).await;
                 let _ = std::fs::remove_file(c.ctl_socket());
                 tracing::info!("the tether's connection ended");
             }
@@ -100,7 +128,11 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(c.ended_marker());
     let gi = UnixListener::bind(c.gi_socket())
         .with_context(|| format!("binding {}", c.gi_socket().display()))?;
-    serve_guestinfo(c.config_file(), gi);
+    // The VMX's side of the tools: guest operations and power operations reach the tether
+    // through its TCLO polls on the guestinfo line.
+    let tools = tether_proto::guestinfo::tools::ToolsQueue::default();
+    serve_guestinfo(c.config_file(), gi, tools.clone());
+    record_tools_polls(c, tools.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -193,7 +225,7 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
         let clients = crate::front::Clients::default();
         tokio::select! {
             status = qemu.wait() => tracing::info!("QEMU exited: {}", status?),
-            r = attach_lines(&lines, c, &clients) => match r? {},
+            r = attach_lines(&lines, c, &clients, &tools) => match r? {},
             _ = term.recv() => {
                 tracing::info!("stopping QEMU (SIGTERM)");
                 let _ = qemu.start_kill();

@@ -9,7 +9,7 @@
 //! wiring implements (it must not reach into the agent).
 
 pub mod tclo;
-pub mod vix;
+pub use tether_proto::vix;
 
 pub use nix::sys::signal::Signal;
 

@@ -20,9 +20,11 @@ pub async fn exec(root: PathBuf, args: ExecArgs) -> anyhow::Result<i32> {
         &exec_id,
         &crate::container::session(&exec_id, &c.meta.name, &spec),
     )?;
-    if h.global_request("reload", true, Vec::new())
-        .await?
-        .is_none()
+    // The reload as VIC's VCH makes it, through the VM's tools; else over the attach line.
+    if !super::tools_program(&c, "reload", "").await
+        && h.global_request("reload", true, Vec::new())
+            .await?
+            .is_none()
     {
         bail!("the tether refused the reload");
     }

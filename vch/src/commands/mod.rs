@@ -72,13 +72,54 @@ pub async fn vm_ended(c: &Container, limit: Duration) -> bool {
     wait_for(limit, || !c.vm_running()).await
 }
 
-/// Sends `sig` to session `id` of a running containerVM over a connection of its own.
+/// Has the VM's tools run TCLO `request` (the supervisor plays the VMX); their reply, or `None`
+/// when they did not answer.
+pub async fn tools_request(c: &Container, request: Vec<u8>) -> Option<Vec<u8>> {
+    let h = connect_container(c).await.ok()?;
+    let reply = h
+        .global_request(crate::front::TOOLS_REQUEST, true, request)
+        .await
+        .ok()
+        .flatten();
+    h.disconnect("done").await;
+    reply
+}
+
+/// VIC's guest operation: StartProgram `path args` through the tools, with the container's ID
+/// as the credential; whether the tools ran it.
+pub async fn tools_program(c: &Container, path: &str, args: &str) -> bool {
+    use tether_proto::vix;
+    let req = vix::request(
+        vix::OP_START_PROGRAM,
+        &vix::start_program_body(path, args),
+        &vix::credential(&c.meta.id, ""),
+        vix::CREDENTIAL_NAME_PASSWORD,
+    );
+    let tclo = [b"Vix_1_Relayed_Command \"vch\"\0".as_slice(), &req].concat();
+    let reply = tools_request(c, tclo).await;
+    let ok = reply.as_deref().is_some_and(|r| r.starts_with(b"OK 0 0 "));
+    if !ok {
+        tracing::info!(
+            "the tools did not run {path} {args} ({:?}); the attach line instead",
+            reply.as_deref().map(String::from_utf8_lossy)
+        );
+    }
+    ok
+}
+
+/// Sends `sig` to session `id` of a running containerVM: the container's own process through
+/// the VM's tools, as VIC's VCH does, else (process mode, tools not running, another session)
+/// over the attach line, on a connection of its own.
 pub async fn signal_container(
     c: &Container,
     id: &str,
     sig: &str,
     group: bool,
 ) -> anyhow::Result<()> {
+    let program = if group { "group-kill" } else { "kill" };
+    if id == c.meta.id && tools_program(c, program, sig).await {
+        return Ok(());
+    }
     let h = connect_container(c).await?;
     let sent = crate::attach::kill(&h, id, sig, group).await;
     h.disconnect("done").await;

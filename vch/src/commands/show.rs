@@ -145,10 +145,26 @@ pub fn inspect(root: &Path, what: &str) -> anyhow::Result<()> {
             "Started": started,
         },
         "Config": { "Hostname": cfg.hostname },
+        // The guest's tools poll the VMX (the supervisor) every 100 ms at most when idle.
+        "Tools": { "Running": running && tools_polled_lately(&c) },
         "NetworkSettings": { "Networks": networks },
     });
     println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
+}
+
+/// Whether the VM's tools polled within the last few seconds (`tools.poll`, by the supervisor).
+fn tools_polled_lately(c: &Container) -> bool {
+    let Some(at) = std::fs::read_to_string(c.dir.join("tools.poll"))
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+    else {
+        return false;
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    now.saturating_sub(at) <= 5
 }
 
 /// `vch logs TARGET`: a containerVM's output (or an output.log file) as plain text.

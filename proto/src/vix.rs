@@ -1,5 +1,6 @@
-//! VIX guest operations as the VMX relays them (`Vix_1_Relayed_Command`): the request header
-//! (little-endian, packed), the name/password credential, the StartProgram body, and the reply
+//! VIX guest operations, what a VCH and the guest's tools speak, as the VMX relays them
+//! (`Vix_1_Relayed_Command`): the request header (little-endian, packed), the name/password
+//! credential, the StartProgram body, and the reply
 //! (`"<error> <errno> "` then the payload). Every length read from the host is checked against
 //! what is there: a malformed request is an error value, never a panic.
 
