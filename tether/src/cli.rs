@@ -3,7 +3,6 @@
 //! running tether's text).
 
 use std::ffi::OsString;
-use std::path::PathBuf;
 
 use lexopt::prelude::*;
 
@@ -25,26 +24,15 @@ usage:
       PID 1 of a containerVM (what runs as PID 1 without arguments): settings from the kernel
       command line (tether.guestinfo=, tether.attach=, tether.debug=, tether.output=,
       tether.dir=) or WORDS, and a power-off at the end.
-  tether config decode [FILE]
-      Read .vmx-style `key = \"value\"` lines (FILE or stdin), print the config as JSON.
-  tether config encode [FILE]
-      Read the config as JSON, print the key/value lines VIC's VCH would write.
   tether --help | --version
 ";
 
 #[derive(Debug)]
 pub enum Command {
-    Config(ConfigCommand),
     Run(RunOptions),
     Init { cmdline: Option<String> },
     Help,
     Version,
-}
-
-#[derive(Debug, PartialEq, Eq)]
-pub enum ConfigCommand {
-    Decode { file: Option<PathBuf> },
-    Encode { file: Option<PathBuf> },
 }
 
 /// Parses the arguments after the program's name.
@@ -55,7 +43,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexopt
         Some(Long("version") | Short('V')) => return Ok(Command::Version),
         Some(Value(v)) => v.string()?,
         Some(other) => return Err(other.unexpected()),
-        None => return Err("a command is needed (run, init, config); see --help".into()),
+        None => return Err("a command is needed (run, init); see --help".into()),
     };
     match command.as_str() {
         "run" => parse_run(&mut p).map(Command::Run),
@@ -69,26 +57,6 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Command, lexopt
                 }
             }
             Ok(Command::Init { cmdline })
-        }
-        "config" => {
-            let what = match p.next()? {
-                Some(Value(v)) => v.string()?,
-                Some(Long("help") | Short('h')) => return Ok(Command::Help),
-                Some(other) => return Err(other.unexpected()),
-                None => return Err("config: decode or encode?".into()),
-            };
-            let mut file = None;
-            while let Some(arg) = p.next()? {
-                match arg {
-                    Value(v) if file.is_none() => file = Some(PathBuf::from(v)),
-                    other => return Err(other.unexpected()),
-                }
-            }
-            match what.as_str() {
-                "decode" => Ok(Command::Config(ConfigCommand::Decode { file })),
-                "encode" => Ok(Command::Config(ConfigCommand::Encode { file })),
-                other => Err(format!("config {other:?}: decode or encode?").into()),
-            }
         }
         other => Err(format!("unknown command {other:?}; see --help").into()),
     }
@@ -124,6 +92,7 @@ fn parse_run(p: &mut lexopt::Parser) -> Result<RunOptions, lexopt::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     fn args(line: &str) -> Vec<OsString> {
         line.split_whitespace().map(OsString::from).collect()
@@ -161,14 +130,6 @@ mod tests {
             parse(args("init")).unwrap(),
             Command::Init { cmdline: None }
         ));
-        assert!(matches!(
-            parse(args("config decode f.vmx")).unwrap(),
-            Command::Config(ConfigCommand::Decode { file: Some(f) }) if f.as_os_str() == "f.vmx"
-        ));
-        assert!(matches!(
-            parse(args("config encode")).unwrap(),
-            Command::Config(ConfigCommand::Encode { file: None })
-        ));
         assert!(matches!(parse(args("--help")).unwrap(), Command::Help));
         assert!(parse(args("run --help")).is_err());
         assert!(matches!(
@@ -186,7 +147,9 @@ mod tests {
         assert!(err("run --guestinfo x --stop-timeout -1").contains("0 or more"));
         assert!(err("run --guestinfo x --stop-timeout soon").contains("soon"));
         assert!(err("run --guestinfo x --frobnicate").contains("--frobnicate"));
-        assert!(err("config transcode").contains("decode or encode"));
-        assert!(err("config decode a b").contains("b"));
+        assert!(
+            err("config decode").contains("unknown command \"config\""),
+            "vch's now"
+        );
     }
 }

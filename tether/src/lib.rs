@@ -5,14 +5,14 @@
 //! `sys` (the only raw system calls) and the leaves `gate` and `logging` at the bottom; `boot`,
 //! `guestinfo` and `session` above them; `attach` above `session`; and at the top the wiring,
 //! which alone may use them all: `run` (`tether run`, `tether init`, the bootstrap stage's entry
-//! and PID 1's composition), `agent` (the main loop), `cli` and `config_cmd`. `net`, `volume` and
-//! `toolbox` are the rooms for networking, volumes and the embedded VMware Tools.
+//! and PID 1's composition), `agent` (the main loop), `cli`, and `tools` (the toolbox's view of
+//! the container). `net`, `volume` and `toolbox` own networking, volumes and the embedded VMware
+//! Tools.
 
 pub mod agent;
 pub mod attach;
 pub mod boot;
 pub mod cli;
-pub mod config_cmd;
 pub mod gate;
 pub mod guestinfo;
 pub mod logging;

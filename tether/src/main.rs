@@ -1,8 +1,6 @@
-use std::io::Write as _;
 use std::process::ExitCode;
 
-use tether::cli::{Command, ConfigCommand};
-use tether::config_cmd;
+use tether::cli::Command;
 
 /// Bad input: a malformed line, value or JSON.
 const EXIT_BAD_INPUT: u8 = 2;
@@ -36,7 +34,6 @@ fn main() -> ExitCode {
             println!("tether {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Config(cmd) => run_config(cmd),
         Command::Init { cmdline } => tether::run::init(cmdline),
         Command::Run(opts) => match tether::run::run(opts) {
             Ok(code) => ExitCode::from(code as u8),
@@ -45,30 +42,5 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-    }
-}
-
-fn run_config(cmd: ConfigCommand) -> ExitCode {
-    let output = match cmd {
-        ConfigCommand::Decode { file } => {
-            config_cmd::decode(file.as_deref()).map(|(json, warnings)| {
-                for w in warnings {
-                    eprintln!("tether: warning: {w}");
-                }
-                json
-            })
-        }
-        ConfigCommand::Encode { file } => config_cmd::encode(file.as_deref()),
-    };
-    match output {
-        Ok(text) => {
-            // A closed stdout (`| head`) is not an error worth a message.
-            let _ = std::io::stdout().write_all(text.as_bytes());
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("tether: {e}");
-            ExitCode::from(EXIT_BAD_INPUT)
-        }
     }
 }

@@ -40,6 +40,9 @@ pub enum Command {
         #[arg(short, long)]
         volumes: bool,
     },
+    /// VIC's guestinfo keys and the config as JSON, both ways.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Volumes: disks that outlive containers.
     #[command(subcommand)]
     Volume(VolumeCommand),
@@ -304,4 +307,12 @@ pub enum VolumeCommand {
     Inspect { name: String },
     /// Remove a volume no container names.
     Rm { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Read .vmx-style `key = "value"` lines (FILE or stdin), print the config as JSON.
+    Decode { file: Option<PathBuf> },
+    /// Read the config as JSON (FILE or stdin), print the key/value lines VIC's VCH would write.
+    Encode { file: Option<PathBuf> },
 }

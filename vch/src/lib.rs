@@ -4,6 +4,7 @@ pub mod attach;
 pub mod bridge;
 pub mod cli;
 pub mod commands;
+pub mod config_cmd;
 pub mod container;
 pub mod forward;
 pub mod front;

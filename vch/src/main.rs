@@ -68,6 +68,7 @@ fn main() -> ExitCode {
             volumes,
         } => lifecycle::rm(&root, &container, force, volumes),
         Command::Volume(v) => show::volume(&root, v),
+        Command::Config(cmd) => return run_config(cmd),
         Command::Attach {
             container,
             listen,
@@ -127,6 +128,32 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("vch: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `vch config decode|encode`: the output, or the error with status 2 (bad input).
+fn run_config(cmd: vch::cli::ConfigCommand) -> ExitCode {
+    use std::io::Write as _;
+    use vch::cli::ConfigCommand as C;
+    let output = match cmd {
+        C::Decode { file } => vch::config_cmd::decode(file.as_deref()).map(|(json, warnings)| {
+            for w in warnings {
+                eprintln!("vch: warning: {w}");
+            }
+            json
+        }),
+        C::Encode { file } => vch::config_cmd::encode(file.as_deref()),
+    };
+    match output {
+        Ok(text) => {
+            // A closed stdout (`| head`) is not an error worth a message.
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vch: {e}");
+            ExitCode::from(2)
         }
     }
 }

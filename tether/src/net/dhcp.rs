@@ -10,7 +10,7 @@ use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use dhcproto::v4::{self, DhcpOption, Message, MessageType, OptionCode};
-use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use dhcproto::{Encodable, Encoder};
 use sha2::Digest as _;
 
 use crate::sys::packet::{PacketSocket, ETH_P_ARP, ETH_P_IP};
@@ -154,23 +154,20 @@ impl Client {
                 &send,
                 &recv,
             )?;
-            let server = match offer.opts().get(OptionCode::ServerIdentifier) {
-                Some(DhcpOption::ServerIdentifier(s)) => *s,
-                _ => offer.siaddr(),
-            };
+            let server = offer.server();
             let answer = self.exchange(
-                &self.select(id, offer.yiaddr(), server),
+                &self.select(id, offer.yiaddr, server),
                 &[MessageType::Ack, MessageType::Nak],
                 deadline,
                 &send,
                 &recv,
             )?;
-            if answer.opts().msg_type() == Some(MessageType::Ack) {
+            if answer.kind == Some(MessageType::Ack) {
                 return lease_from(&answer);
             }
             tracing::warn!(
                 "DHCP: the server declined its own offer of {}",
-                offer.yiaddr()
+                offer.yiaddr
             );
         }
     }
@@ -184,7 +181,7 @@ impl Client {
         deadline: Instant,
         send: &dyn Fn(&Message) -> Result<(), String>,
         recv: &Recv,
-    ) -> Result<Message, String> {
+    ) -> Result<Reply, String> {
         let mut buf = vec![0u8; 2048];
         let kind = m.opts().msg_type().unwrap_or(MessageType::Discover);
         loop {
@@ -206,7 +203,7 @@ impl Client {
                     continue;
                 };
                 if let Some(reply) = reply_to(&bytes, m.xid(), &self.mac) {
-                    if reply.opts().msg_type().is_some_and(|k| kinds.contains(&k)) {
+                    if reply.kind.is_some_and(|k| kinds.contains(&k)) {
                         return Ok(reply);
                     }
                 }
@@ -253,7 +250,7 @@ impl Client {
             &send,
             &recv,
         )?;
-        if answer.opts().msg_type() == Some(MessageType::Nak) {
+        if answer.kind == Some(MessageType::Nak) {
             return Err(format!("DHCP: {to} refused to extend {}", lease.address));
         }
         lease_from(&answer)
@@ -281,51 +278,101 @@ fn encode(m: &Message) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
+/// A server's reply, its options kept as bytes: only the few the client reads are looked at
+/// (decoding every option would link a DNS library for the domain-search option, 50 KB of the
+/// tether's resident memory).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub kind: Option<MessageType>,
+    pub yiaddr: Ipv4Addr,
+    pub siaddr: Ipv4Addr,
+    options: Vec<(u8, Vec<u8>)>,
+}
+
+impl Reply {
+    fn option(&self, code: OptionCode) -> Option<&[u8]> {
+        let code = u8::from(code);
+        self.options
+            .iter()
+            .find(|(c, _)| *c == code)
+            .map(|(_, d)| d.as_slice())
+    }
+
+    fn address(&self, code: OptionCode) -> Option<Ipv4Addr> {
+        let d: [u8; 4] = self.option(code)?.get(..4)?.try_into().ok()?;
+        Some(Ipv4Addr::from(d))
+    }
+
+    fn addresses(&self, code: OptionCode) -> Vec<Ipv4Addr> {
+        self.option(code)
+            .unwrap_or_default()
+            .chunks_exact(4)
+            .map(|c| Ipv4Addr::new(c[0], c[1], c[2], c[3]))
+            .collect()
+    }
+
+    fn seconds(&self, code: OptionCode) -> Option<u32> {
+        let d: [u8; 4] = self.option(code)?.get(..4)?.try_into().ok()?;
+        Some(u32::from_be_bytes(d))
+    }
+
+    /// The server's identifier, else the address it wrote in `siaddr`.
+    pub fn server(&self) -> Ipv4Addr {
+        self.address(OptionCode::ServerIdentifier)
+            .unwrap_or(self.siaddr)
+    }
+}
+
 /// A server's reply to transaction `xid` of the client with `mac`, if `bytes` is one.
-pub fn reply_to(bytes: &[u8], xid: u32, mac: &[u8; 6]) -> Option<Message> {
-    let m = Message::decode(&mut Decoder::new(bytes)).ok()?;
-    (m.opcode() == v4::Opcode::BootReply && m.xid() == xid && m.chaddr().get(..6) == Some(mac))
-        .then_some(m)
+pub fn reply_to(bytes: &[u8], xid: u32, mac: &[u8; 6]) -> Option<Reply> {
+    let m = v4::borrowed::Message::new(bytes).ok()?;
+    if m.opcode() != v4::Opcode::BootReply || m.xid() != xid || m.chaddr().get(..6) != Some(mac) {
+        return None;
+    }
+    let options: Vec<(u8, Vec<u8>)> = m
+        .opts()
+        .map(|o| (u8::from(o.code()), o.data().to_vec()))
+        .collect();
+    let kind = options
+        .iter()
+        .find(|(c, _)| *c == u8::from(OptionCode::MessageType))
+        .and_then(|(_, d)| d.first())
+        .map(|k| MessageType::from(*k));
+    Some(Reply {
+        kind,
+        yiaddr: m.yiaddr(),
+        siaddr: m.siaddr(),
+        options,
+    })
 }
 
 /// The lease an ACK grants; it must carry the address, the mask and the lease time.
-pub fn lease_from(ack: &Message) -> Result<Lease, String> {
-    let opts = ack.opts();
-    let address = ack.yiaddr();
+pub fn lease_from(ack: &Reply) -> Result<Lease, String> {
+    let address = ack.yiaddr;
     if address.is_unspecified() {
         return Err("DHCP: the ACK carries no address".into());
     }
-    let Some(DhcpOption::SubnetMask(mask)) = opts.get(OptionCode::SubnetMask) else {
+    let Some(mask) = ack.address(OptionCode::SubnetMask) else {
         return Err(format!(
             "DHCP: the ACK for {address} carries no subnet mask"
         ));
     };
-    let Some(DhcpOption::AddressLeaseTime(secs)) = opts.get(OptionCode::AddressLeaseTime) else {
+    let Some(secs) = ack.seconds(OptionCode::AddressLeaseTime) else {
         return Err(format!("DHCP: the ACK for {address} carries no lease time"));
     };
-    let duration = Duration::from_secs(u64::from(*secs));
-    let seconds = |code, default: Duration| match opts.get(code) {
-        Some(DhcpOption::Renewal(s)) | Some(DhcpOption::Rebinding(s)) => {
-            Duration::from_secs(u64::from(*s)).min(duration)
-        }
-        _ => default,
+    let duration = Duration::from_secs(u64::from(secs));
+    let seconds = |code, default: Duration| match ack.seconds(code) {
+        Some(s) => Duration::from_secs(u64::from(s)).min(duration),
+        None => default,
     };
     let renew = seconds(OptionCode::Renewal, duration / 2);
     let rebind = seconds(OptionCode::Rebinding, duration * 7 / 8).max(renew);
-    let list = |code| match opts.get(code) {
-        Some(DhcpOption::Router(v)) | Some(DhcpOption::DomainNameServer(v)) => v.clone(),
-        _ => Vec::new(),
-    };
-    let server = match opts.get(OptionCode::ServerIdentifier) {
-        Some(DhcpOption::ServerIdentifier(s)) => *s,
-        _ => ack.siaddr(),
-    };
     Ok(Lease {
         address,
-        prefix: u32::from(*mask).leading_ones() as u8,
-        routers: list(OptionCode::Router),
-        dns: list(OptionCode::DomainNameServer),
-        server,
+        prefix: u32::from(mask).leading_ones() as u8,
+        routers: ack.addresses(OptionCode::Router),
+        dns: ack.addresses(OptionCode::DomainNameServer),
+        server: ack.server(),
         duration,
         renew,
         rebind,
@@ -460,6 +507,7 @@ pub fn mac_address(name: &str) -> Result<[u8; 6], String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dhcproto::{Decodable, Decoder};
 
     fn client() -> Client {
         Client {
@@ -551,9 +599,12 @@ mod tests {
 
     #[test]
     fn an_ack_without_mask_or_lease_time_is_refused() {
-        let no_mask = ack(&[DhcpOption::AddressLeaseTime(120)]);
+        let read = |m: Message| reply_to(&encode(&m).unwrap(), 9, &client().mac).unwrap();
+        let no_mask = read(ack(&[DhcpOption::AddressLeaseTime(120)]));
         assert!(lease_from(&no_mask).unwrap_err().contains("subnet mask"));
-        let no_time = ack(&[DhcpOption::SubnetMask("255.255.0.0".parse().unwrap())]);
+        let no_time = read(ack(&[DhcpOption::SubnetMask(
+            "255.255.0.0".parse().unwrap(),
+        )]));
         assert!(lease_from(&no_time).unwrap_err().contains("lease time"));
     }
 

@@ -1,4 +1,5 @@
-//! `tether config decode|encode`.
+//! `vch config decode|encode`: VIC's guestinfo keys and the config as JSON, both ways (for
+//! people and tools; the tether itself never needs JSON).
 
 use std::io::Read as _;
 use std::path::Path;

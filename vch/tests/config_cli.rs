@@ -1,4 +1,4 @@
-//! `tether config decode|encode` as a user runs it.
+//! `vch config decode|encode` as a user runs it.
 
 use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
@@ -7,8 +7,8 @@ use tether_proto::guestinfo::vmx;
 
 const WORKED_EXAMPLE: &str = include_str!("../../proto/tests/data/vic-worked-example.txt");
 
-fn tether(args: &[&str], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tether"))
+fn vch(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vch"))
         .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -37,7 +37,7 @@ fn canonical_example() -> String {
 #[test]
 fn decode_then_encode_reproduces_every_covered_line() {
     let input = canonical_example();
-    let decoded = tether(&["config", "decode"], &input);
+    let decoded = vch(&["config", "decode"], &input);
     assert!(decoded.status.success(), "{}", text(&decoded.stderr));
     let json = text(&decoded.stdout);
     assert!(json.contains("\"path\": \"/bin/sh\""), "{json}");
@@ -45,7 +45,7 @@ fn decode_then_encode_reproduces_every_covered_line() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("config.json");
     std::fs::write(&file, &json).unwrap();
-    let encoded = tether(&["config", "encode", file.to_str().unwrap()], "");
+    let encoded = vch(&["config", "encode", file.to_str().unwrap()], "");
     assert!(encoded.status.success(), "{}", text(&encoded.stderr));
     let out = text(&encoded.stdout);
     let out_lines: Vec<&str> = out.lines().collect();
@@ -59,8 +59,8 @@ fn decode_then_encode_reproduces_every_covered_line() {
 
 #[test]
 fn unquoted_lines_as_printed_in_the_reference_decode_the_same() {
-    let a = tether(&["config", "decode"], WORKED_EXAMPLE);
-    let b = tether(&["config", "decode"], &canonical_example());
+    let a = vch(&["config", "decode"], WORKED_EXAMPLE);
+    let b = vch(&["config", "decode"], &canonical_example());
     assert!(a.status.success() && b.status.success());
     assert_eq!(a.stdout, b.stdout);
 }
@@ -90,7 +90,7 @@ fn bad_input_is_a_clear_error_with_status_2() {
         ),
     ];
     for (input, message) in cases {
-        let out = tether(&["config", "decode"], input);
+        let out = vch(&["config", "decode"], input);
         assert_eq!(out.status.code(), Some(2), "{input}");
         assert!(
             text(&out.stderr).contains(message),
@@ -99,14 +99,14 @@ fn bad_input_is_a_clear_error_with_status_2() {
         );
         assert!(out.stdout.is_empty());
     }
-    let out = tether(&["config", "encode"], "{ not json");
+    let out = vch(&["config", "encode"], "{ not json");
     assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).contains("not a config in JSON"),
         "{}",
         text(&out.stderr)
     );
-    let out = tether(&["config", "decode", "/nonexistent/file"], "");
+    let out = vch(&["config", "decode", "/nonexistent/file"], "");
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("reading /nonexistent/file"));
 }
@@ -116,7 +116,7 @@ fn a_pipe_truncation_is_reported_as_a_warning() {
     let input = "guestinfo.vice./sessions = \"a\"\n\
                  guestinfo.vice./sessions|a/cmd/Args = \"2\"\n\
                  guestinfo.vice./sessions|a/cmd/Args~ = \"sh|7C-c|7Cecho a|7Ctr a b\"\n";
-    let out = tether(&["config", "decode"], input);
+    let out = vch(&["config", "decode"], input);
     assert!(out.status.success());
     assert!(text(&out.stderr).contains("warning: guestinfo.vice./sessions|a/cmd/Args~"));
     assert!(text(&out.stdout).contains("\"echo a\""));
