@@ -286,9 +286,15 @@ fn ours_run(
         .env("VCH_NET", "isolated")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()?;
     let mut out = child.stdout.take().context("stdout")?;
+    let mut err = child.stderr.take().context("stderr")?;
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = err.read_to_string(&mut text);
+        text
+    });
     let mut buf = vec![0u8; 64 * 1024];
     let mut got = 0usize;
     let mut first = None;
@@ -305,7 +311,13 @@ fn ours_run(
         last = t0.elapsed();
     }
     let status = child.wait()?;
-    let first = first.with_context(|| format!("vch run {args:?} printed nothing ({status})"))?;
+    let errors = errors.join().unwrap_or_default();
+    let first = first.with_context(|| {
+        format!(
+            "vch run {args:?} printed nothing ({status}): {}",
+            errors.trim()
+        )
+    })?;
     let rate = if got > 1 {
         got as f64 / (last - first).as_secs_f64().max(1e-9)
     } else {

@@ -670,6 +670,8 @@ fn containervms_on_a_vch_network_reach_each_other_by_name_and_alias() {
         "web",
         "--network",
         "front",
+        "--network",
+        "back",
         "--network-alias",
         "www",
         "--",
@@ -702,17 +704,27 @@ fn containervms_on_a_vch_network_reach_each_other_by_name_and_alias() {
     ]));
     assert_eq!(
         out,
-        "served by web\nserved by web\nfront 10.89.1.50/24\nback 192.168.77.2/24\n\
+        "served by web\nserved by web\nfront 10.89.1.50/24\nback 192.168.77.3/24\n\
          nameserver 192.168.77.1\nnameserver 10.89.1.1\n",
         "{}",
         host.debug_log()
     );
-    // Both addresses, as the tether wrote them back, in vch inspect.
+    // `run -d` on two networks: both addresses, as the tether wrote them back, in vch inspect.
+    let web: serde_json::Value = serde_json::from_str(&ok(&host.vch(&["inspect", "web"]))).unwrap();
+    assert_eq!(
+        web["NetworkSettings"]["Networks"]["front"]["IPAddress"], "10.89.1.2",
+        "{web}"
+    );
+    assert_eq!(
+        web["NetworkSettings"]["Networks"]["back"]["IPAddress"], "192.168.77.2",
+        "{web}"
+    );
+    // The client's too.
     let client: serde_json::Value =
         serde_json::from_str(&ok(&host.vch(&["inspect", "client"]))).unwrap();
     let nets = &client["NetworkSettings"]["Networks"];
     assert_eq!(nets["front"]["IPAddress"], "10.89.1.50", "{client}");
-    assert_eq!(nets["back"]["IPAddress"], "192.168.77.2", "{client}");
+    assert_eq!(nets["back"]["IPAddress"], "192.168.77.3", "{client}");
     assert_eq!(nets["back"]["Gateway"], "192.168.77.1", "{client}");
     // The host reaches it through the published port (a forwarder into the network).
     assert_eq!(http_get(published, "/").unwrap(), "served by web\n");
