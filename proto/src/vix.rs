@@ -237,6 +237,46 @@ pub fn start_program_body(path: &str, arguments: &str) -> Vec<u8> {
     v
 }
 
+/// A property of GetToolsState's reply (`vixOpenSource.h` ids, `vix.h` types).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Property {
+    Int32(i32, i32),
+    String(i32, String),
+    Bool(i32, bool),
+}
+
+/// Property ids the tools report.
+pub mod property {
+    pub const TOOLS_VERSION: i32 = 4500;
+    pub const TOOLS_API_OPTIONS: i32 = 4501;
+    pub const OS_FAMILY: i32 = 4502;
+    pub const OS_VERSION: i32 = 4503;
+    pub const GUEST_NAME: i32 = 4505;
+    pub const TOOLS_PRODUCT_NAME: i32 = 4511;
+    pub const OS_VERSION_SHORT: i32 = 4520;
+    pub const START_PROGRAM_ENABLED: i32 = 4540;
+    pub const LIST_PROCESSES_ENABLED: i32 = 4541;
+    pub const TERMINATE_PROCESS_ENABLED: i32 = 4542;
+}
+
+/// A property list: each property's id, type and length (little-endian i32s), then its value
+/// (a string NUL-terminated, a bool one byte).
+pub fn property_list(props: &[Property]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for p in props {
+        let (id, kind, value) = match p {
+            Property::Int32(id, n) => (*id, 1i32, n.to_le_bytes().to_vec()),
+            Property::String(id, s) => (*id, 2, [s.as_bytes(), &[0]].concat()),
+            Property::Bool(id, b) => (*id, 3, vec![u8::from(*b)]),
+        };
+        v.extend_from_slice(&id.to_le_bytes());
+        v.extend_from_slice(&kind.to_le_bytes());
+        v.extend_from_slice(&(value.len() as i32).to_le_bytes());
+        v.extend_from_slice(&value);
+    }
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +333,28 @@ mod tests {
             b""
         )
         .is_err());
+    }
+
+    #[test]
+    fn properties_are_header_then_value() {
+        let list = property_list(&[
+            Property::Int32(4501, 1),
+            Property::String(4505, "web".into()),
+            Property::Bool(4540, true),
+        ]);
+        let mut want = Vec::new();
+        for x in [4501i32, 1, 4, 1] {
+            want.extend_from_slice(&x.to_le_bytes());
+        }
+        for x in [4505i32, 2, 4] {
+            want.extend_from_slice(&x.to_le_bytes());
+        }
+        want.extend_from_slice(b"web\0");
+        for x in [4540i32, 3, 1] {
+            want.extend_from_slice(&x.to_le_bytes());
+        }
+        want.push(1);
+        assert_eq!(list, want);
     }
 
     #[test]

@@ -638,6 +638,15 @@ fn the_user_network_leases_an_address_reaches_the_host_and_publishes_a_port() {
         "{v}"
     );
     assert_eq!(v["State"]["Running"], true, "{v}");
+    // The tools reported the NIC with its address to the VMX once the network was up (a report
+    // with no NIC is 48 bytes long).
+    let sup = std::fs::read_to_string(host.state.path().join(&id).join("supervisor.log")).unwrap();
+    let sizes: Vec<usize> = sup
+        .lines()
+        .filter_map(|l| l.split("tools said: SetGuestInfo  9  (").nth(1))
+        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
+        .collect();
+    assert!(sizes.iter().any(|&n| n > 48), "{sup}");
     let rm = host.vch(&["rm", "-f", &id]);
     assert_eq!(rm.status.code(), Some(0), "{}", text(&rm.stderr));
 }
@@ -1063,6 +1072,12 @@ fn exec_and_stop_go_through_the_vms_tools_as_vics_vch_does() {
         2,
         "{sup}"
     );
+    // At their start the tools registered and reported the NICs (none here: --net none).
+    assert!(
+        sup.contains("tools said: tools.set.version 2147483647"),
+        "{sup}"
+    );
+    assert!(sup.contains("tools said: SetGuestInfo  9 "), "{sup}");
     assert_eq!(inspect(&host)["State"]["ExitCode"], 143);
     assert_eq!(inspect(&host)["Tools"]["Running"], false);
 }

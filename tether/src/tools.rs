@@ -100,6 +100,46 @@ impl Container for Live {
             .send(Event::Stop("OS_Halt from the host's tools".into()));
     }
 
+    fn nics(&self) -> Vec<crate::toolbox::nicinfo::Nic> {
+        // A MAC from each interface's link-layer address, then its addresses with their masks.
+        let Ok(all) = nix::ifaddrs::getifaddrs() else {
+            return Vec::new();
+        };
+        let all: Vec<_> = all.collect();
+        let mut nics: Vec<crate::toolbox::nicinfo::Nic> = Vec::new();
+        for a in &all {
+            let Some(mac) = a.address.as_ref().and_then(|s| s.as_link_addr()?.addr()) else {
+                continue;
+            };
+            if a.interface_name == "lo" || mac == [0; 6] {
+                continue;
+            }
+            let addresses = all
+                .iter()
+                .filter(|b| b.interface_name == a.interface_name)
+                .filter_map(|b| {
+                    let ip = b.address.as_ref()?.as_sockaddr_in()?.ip();
+                    let mask = b.netmask.as_ref()?.as_sockaddr_in()?.ip();
+                    Some((
+                        std::net::IpAddr::V4(ip),
+                        u32::from(mask).leading_ones() as u8,
+                    ))
+                })
+                .collect();
+            let mac = mac
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":");
+            nics.push(crate::toolbox::nicinfo::Nic { mac, addresses });
+        }
+        nics
+    }
+
+    fn network_changes(&self) -> u64 {
+        crate::net::changes()
+    }
+
     fn primary_ip(&self) -> Option<String> {
         nix::ifaddrs::getifaddrs().ok()?.find_map(|a| {
             let ip = a.address?.as_sockaddr_in()?.ip();

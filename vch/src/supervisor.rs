@@ -30,12 +30,23 @@ pub fn serve_guestinfo(
 }
 
 /// Records when the guest's tools last polled, in `tools.poll` (seconds since the epoch), for
-/// `vch inspect`.
+/// `vch inspect`, and logs what they tell the VMX.
 fn record_tools_polls(c: &Container, tools: tether_proto::guestinfo::tools::ToolsQueue) {
     let file = c.dir.join("tools.poll");
     std::thread::spawn(move || {
         let mut last = None;
+        let mut said = 0;
         loop {
+            let requests = tools.rpci_requests();
+            for r in &requests[said.min(requests.len())..] {
+                let end = r.iter().position(|&b| b == 0).unwrap_or(r.len()).min(48);
+                tracing::info!(
+                    "tools said: {} ({} bytes)",
+                    String::from_utf8_lossy(&r[..end]),
+                    r.len()
+                );
+            }
+            said = requests.len();
             let now = tools.last_poll();
             if now != last {
                 if let Some(t) = now.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
@@ -131,6 +142,9 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
     // The VMX's side of the tools: guest operations and power operations reach the tether
     // through its TCLO polls on the guestinfo line.
     let tools = tether_proto::guestinfo::tools::ToolsQueue::default();
+    // As a VMX when the tools start: reset, then the capabilities.
+    tools.push("reset");
+    tools.push("Capabilities_Register");
     serve_guestinfo(c.config_file(), gi, tools.clone());
     record_tools_polls(c, tools.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -24,6 +24,19 @@ use endpoint::{Dhcp, Find, Nic};
 use identity::Identity;
 use link::Links;
 
+/// Counts the changes of the container's addresses (bring-up, each new lease), so that the
+/// tools report the NICs again.
+static CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many times the addresses have changed so far.
+pub fn changes() -> u64 {
+    CHANGES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn changed() {
+    CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// Where the container's `/etc` is, and the tether's own copies of its files.
 #[derive(Debug, Clone)]
 pub struct EtcPaths {
@@ -73,6 +86,7 @@ impl Network {
         };
         net.identity()?;
         (net.publish)(state_keys(&net.cfg));
+        changed();
         Ok(Arc::new(Mutex::new(net)))
     }
 
@@ -144,6 +158,7 @@ impl Network {
         }
         self.identity()?;
         (self.publish)(state_keys(&self.cfg));
+        changed();
         Ok(())
     }
 }

@@ -8,6 +8,7 @@
 //! TCLO channel and the tools' RPCI requests), and the container through [`Container`], which the
 //! wiring implements (it must not reach into the agent).
 
+pub mod nicinfo;
 pub mod tclo;
 pub use tether_proto::vix;
 
@@ -27,6 +28,14 @@ pub trait Container: Send {
     fn halt(&self);
     /// The first non-loopback IPv4 address, for `broadcastIP`.
     fn primary_ip(&self) -> Option<String>;
+    /// The NICs with their addresses, for the VMX's NIC info (none by default).
+    fn nics(&self) -> Vec<nicinfo::Nic> {
+        Vec::new()
+    }
+    /// A number that changes when the addresses do (the NICs are reported again).
+    fn network_changes(&self) -> u64 {
+        0
+    }
 }
 
 /// The tools' own requests to the VMX (the RPCI "out" channel).
@@ -54,6 +63,8 @@ pub struct Toolbox<C> {
     out: Box<dyn Out>,
     /// Programs "started" (their synthetic pids and commands, for ListProcessesEx).
     started: Vec<(u64, String)>,
+    /// The network changes last reported, once the VMX has reset the tools.
+    reported: Option<u64>,
 }
 
 impl<C: Container> Toolbox<C> {
@@ -62,6 +73,17 @@ impl<C: Container> Toolbox<C> {
             container,
             out,
             started: Vec::new(),
+            reported: None,
+        }
+    }
+
+    /// Between polls: the NICs reported again when the addresses have changed since the last
+    /// report (the network comes up after the tools' first `reset`; a lease is renewed).
+    pub fn tick(&mut self) {
+        if let Some(seen) = self.reported {
+            if seen != self.container.network_changes() {
+                self.send_nic_info();
+            }
         }
     }
 
@@ -82,7 +104,11 @@ impl<C: Container> Toolbox<C> {
         tracing::debug!("toolbox: {name}");
         let ok = |payload: &[u8]| [b"OK ".as_slice(), payload].concat();
         match name.as_str() {
-            "reset" => ok(b"ATR toolbox"),
+            "reset" => {
+                // The addresses go to the VMX at once (vSphere shows them).
+                self.send_nic_info();
+                ok(b"ATR toolbox")
+            }
             "ping" => ok(b""),
             "Capabilities_Register" => {
                 for c in CAPABILITIES {
@@ -97,6 +123,7 @@ impl<C: Container> Toolbox<C> {
                     if let Some(ip) = self.container.primary_ip() {
                         self.out(&format!("info-set guestinfo.ip {ip}"));
                     }
+                    self.send_nic_info();
                 }
                 ok(b"")
             }
@@ -113,6 +140,43 @@ impl<C: Container> Toolbox<C> {
             "Vix_1_Relayed_Command" => ok(&self.vix(args)),
             _ => b"Unknown Command".to_vec(),
         }
+    }
+
+    fn send_nic_info(&mut self) {
+        self.reported = Some(self.container.network_changes());
+        let request = nicinfo::request(&self.container.nics());
+        if let Err(e) = self.out.send(&request) {
+            tracing::warn!("toolbox: NIC info: {e}");
+        }
+    }
+
+    /// What GetToolsState reports: the guest, the tools (VIC's unmanaged version string, as
+    /// govmomi's toolbox), and the guest operations offered (programs: yes; files: no).
+    fn tools_state(&self) -> Vec<u8> {
+        use base64::Engine as _;
+        use vix::{property as id, Property};
+        let host = nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let os = format!("linux-{}", std::env::consts::ARCH);
+        let list = vix::property_list(&[
+            Property::String(id::OS_VERSION, os.clone()),
+            Property::String(id::OS_VERSION_SHORT, os),
+            Property::String(id::TOOLS_PRODUCT_NAME, "VMware Tools (tether)".into()),
+            Property::String(
+                id::TOOLS_VERSION,
+                "10.0.5 build-3227872 (Compatible)".into(),
+            ),
+            Property::String(id::GUEST_NAME, host),
+            Property::Int32(id::TOOLS_API_OPTIONS, 1),
+            Property::Int32(id::OS_FAMILY, 1),
+            Property::Bool(id::START_PROGRAM_ENABLED, true),
+            Property::Bool(id::TERMINATE_PROCESS_ENABLED, true),
+            Property::Bool(id::LIST_PROCESSES_ENABLED, true),
+        ]);
+        base64::engine::general_purpose::STANDARD
+            .encode(list)
+            .into_bytes()
     }
 
     /// A power operation: its state change reported (`1` done, `0` refused), then OK.
@@ -146,7 +210,7 @@ impl<C: Container> Toolbox<C> {
             }
         }
         match h.opcode {
-            vix::OP_GET_TOOLS_STATE => vix::reply(Some(&h), vix::error::OK, b""),
+            vix::OP_GET_TOOLS_STATE => vix::reply(Some(&h), vix::error::OK, &self.tools_state()),
             vix::OP_START_PROGRAM => match vix::start_program(req.body) {
                 Ok(p) => match self.start(&p) {
                     Ok(pid) => vix::reply(Some(&h), vix::error::OK, pid.to_string().as_bytes()),
@@ -299,15 +363,57 @@ mod tests {
         assert_eq!(t.dispatch(b"Set_Option broadcastIP 1"), b"OK ");
         assert_eq!(t.dispatch(b"Set_Option enableDnD 0"), b"OK ");
         assert_eq!(t.dispatch(b"No_Such_Thing x"), b"Unknown Command");
+        let nic_info = String::from_utf8_lossy(&nicinfo::request(&[])).into_owned();
         assert_eq!(
             log.take(),
             [
-                "out tools.set.version 2147483647",
-                "out tools.capability.statechange",
-                "out tools.capability.hgfs_server toolbox 1",
-                "out info-set guestinfo.ip 10.0.2.15",
+                format!("out {nic_info}"),
+                "out tools.set.version 2147483647".into(),
+                "out tools.capability.statechange".into(),
+                "out tools.capability.hgfs_server toolbox 1".into(),
+                "out info-set guestinfo.ip 10.0.2.15".into(),
+                format!("out {nic_info}"),
             ]
         );
+    }
+
+    #[test]
+    fn the_nics_are_reported_again_when_the_addresses_change() {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static CHANGES: AtomicU64 = AtomicU64::new(0);
+        struct Net;
+        impl Container for Net {
+            fn id(&self) -> Option<String> {
+                None
+            }
+            fn volume_labels(&self) -> Vec<String> {
+                vec![]
+            }
+            fn signal(&self, _: Signal, _: bool) -> Result<(), String> {
+                Ok(())
+            }
+            fn reload(&self) {}
+            fn halt(&self) {}
+            fn primary_ip(&self) -> Option<String> {
+                None
+            }
+            fn network_changes(&self) -> u64 {
+                CHANGES.load(Ordering::Relaxed)
+            }
+        }
+        let log = Log::default();
+        let mut t = Toolbox::new(Net, Box::new(FakeOut(log.clone())));
+        t.tick();
+        assert!(log.take().is_empty(), "nothing before the VMX's reset");
+        t.dispatch(b"reset");
+        assert_eq!(log.take().len(), 1);
+        t.tick();
+        assert!(log.take().is_empty(), "no change");
+        CHANGES.fetch_add(1, Ordering::Relaxed);
+        t.tick();
+        assert_eq!(log.take().len(), 1, "reported again");
+        t.tick();
+        assert!(log.take().is_empty());
     }
 
     #[test]
@@ -407,10 +513,20 @@ mod tests {
         let odd = vix::request(77, &[], &vix::credential("c0ffee", ""), 1);
         let r = t.dispatch(&[b"Vix_1_Relayed_Command \"x\"\0".as_slice(), &odd].concat());
         assert_eq!(r, b"OK 3025 0 \0");
-        // GetToolsState needs no credential.
+        // GetToolsState needs no credential: the properties, in base64.
         let state = vix::request(vix::OP_GET_TOOLS_STATE, &[], &[], 0);
         let r = t.dispatch(&[b"Vix_1_Relayed_Command \"x\"\0".as_slice(), &state].concat());
-        assert_eq!(r, b"OK 0 0 \0");
+        assert!(r.starts_with(b"OK 0 0 ") && r.ends_with(b"\0"));
+        use base64::Engine as _;
+        let list = base64::engine::general_purpose::STANDARD
+            .decode(&r[7..r.len() - 1])
+            .unwrap();
+        assert_eq!(&list[..4], &vix::property::OS_VERSION.to_le_bytes());
+        let tail = vix::property_list(&[vix::Property::Bool(
+            vix::property::LIST_PROCESSES_ENABLED,
+            true,
+        )]);
+        assert!(list.ends_with(&tail));
         assert!(log.take().is_empty());
     }
 }

@@ -43,6 +43,7 @@ pub fn run<C: Container>(
     let mut failing = false;
     while !stop.load(Ordering::Relaxed) {
         sleep(TICK * factor);
+        toolbox.tick();
         match line.poll(&reply) {
             Ok(Some(request)) => {
                 if failing {

@@ -357,6 +357,7 @@ fn the_toolbox_loop_answers_the_vmx_through_the_backdoor() {
     assert_eq!(
         b.hv.rpci_log,
         [
+            crate::toolbox::nicinfo::request(&[]),
             b"tools.set.version 2147483647".to_vec(),
             b"tools.capability.statechange".to_vec(),
             b"tools.capability.hgfs_server toolbox 1".to_vec(),
