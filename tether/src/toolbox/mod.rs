@@ -494,6 +494,17 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("<pid>1002</pid>"), "{text}");
+        // TerminateProcess: the programs have ended already; no such process.
+        let mut body = 1002i64.to_le_bytes().to_vec();
+        body.extend_from_slice(&0u32.to_le_bytes());
+        let term = vix::request(
+            vix::OP_TERMINATE_PROCESS,
+            &body,
+            &vix::credential("c0ffee", ""),
+            1,
+        );
+        let r = t.dispatch(&[b"Vix_1_Relayed_Command \"x\"\0".as_slice(), &term].concat());
+        assert_eq!(r, b"OK 20003 0 \0");
     }
 
     #[test]
