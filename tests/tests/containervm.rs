@@ -980,51 +980,43 @@ fn an_nfs_volume_from_a_server_on_the_hosts_loopback() {
     let server = NfsServer::start(work.path(), &export);
     // The container reaches the server at 10.0.2.100:2049 (QEMU's guestfwd to its port).
     let forward = format!("2049:{}", server.port);
-    let out = host.vch(&[
-        "run",
-        "--rm",
-        "--host-port",
-        &forward,
-        "-v",
+    let run = |volume: &str, script: &str| {
+        let out = host.vch(&[
+            "run",
+            "--rm",
+            "--host-port",
+            &forward,
+            "-v",
+            volume,
+            "--",
+            "/bin/sh",
+            "-c",
+            script,
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n{}",
+            text(&out.stderr),
+            host.debug_log()
+        );
+        text(&out.stdout)
+    };
+    let out = run(
         "nfs://10.0.2.100/export:/share",
-        "--",
-        "/bin/sh",
-        "-c",
         "cat /share/hello; echo from the container > /share/written",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stderr),
-        host.debug_log()
     );
-    assert_eq!(text(&out.stdout), "from the NFS server\n");
+    assert_eq!(out, "from the NFS server\n");
     assert_eq!(
         std::fs::read_to_string(export.join("written")).unwrap(),
         "from the container\n"
     );
     // Read-only: the mount refuses the write.
-    let out = host.vch(&[
-        "run",
-        "--rm",
-        "--host-port",
-        &forward,
-        "-v",
+    let out = run(
         "nfs://10.0.2.100/export:/share:ro",
-        "--",
-        "/bin/sh",
-        "-c",
         "cat /share/written; touch /share/no 2>/dev/null && echo wrote || echo refused",
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stderr),
-        host.debug_log()
     );
-    assert_eq!(text(&out.stdout), "from the container\nrefused\n");
+    assert_eq!(out, "from the container\nrefused\n");
     assert!(!export.join("no").exists());
 }
 

@@ -56,20 +56,23 @@ fn start_program(path: &str, args: &str) -> Vec<u8> {
     [b"Vix_1_Relayed_Command \"1\"\0".as_slice(), &req].concat()
 }
 
-fn started(h: &Harness) {
+/// A tether running `args` as its primary, its guestinfo from the test's VMX; back once the
+/// primary has started.
+fn running(args: &[&str]) -> (Harness, ToolsQueue, Child) {
+    let mut cfg = config(args);
+    cfg.common.id = ID.into();
+    let h = Harness::new(&cfg);
+    let tools = ToolsQueue::default();
+    let child = tether(&h, &vmx_host(&h, &tools));
     wait_until(LIMIT, "the primary to start", || {
         h.state().sessions[ID].started == "true"
     });
+    (h, tools, child)
 }
 
 #[test]
 fn kill_term_through_the_tools_ends_the_primary_with_143() {
-    let mut cfg = config(&["/bin/sleep", "1000"]);
-    cfg.common.id = ID.into();
-    let h = Harness::new(&cfg);
-    let tools = ToolsQueue::default();
-    let mut child = tether(&h, &vmx_host(&h, &tools));
-    started(&h);
+    let (h, tools, mut child) = running(&["/bin/sleep", "1000"]);
     assert_eq!(
         tools.request("Capabilities_Register", LIMIT).as_deref(),
         Some(&b"OK "[..])
@@ -92,16 +95,11 @@ fn kill_term_through_the_tools_ends_the_primary_with_143() {
 #[test]
 fn group_kill_ends_a_group_that_ignores_term() {
     // The shell ignores TERM and waits on a child that ignores it too.
-    let mut cfg = config(&[
+    let (h, tools, mut child) = running(&[
         "/bin/sh",
         "-c",
         "trap '' TERM; sh -c \"trap '' TERM; sleep 1000\" & wait",
     ]);
-    cfg.common.id = ID.into();
-    let h = Harness::new(&cfg);
-    let tools = ToolsQueue::default();
-    let mut child = tether(&h, &vmx_host(&h, &tools));
-    started(&h);
     let reply = tools
         .request(start_program("group-kill", "TERM"), LIMIT)
         .unwrap();
@@ -123,12 +121,7 @@ fn group_kill_ends_a_group_that_ignores_term() {
 
 #[test]
 fn reload_starts_an_exec_written_just_before() {
-    let mut cfg = config(&["/bin/sleep", "1000"]);
-    cfg.common.id = ID.into();
-    let h = Harness::new(&cfg);
-    let tools = ToolsQueue::default();
-    let mut child = tether(&h, &vmx_host(&h, &tools));
-    started(&h);
+    let (h, tools, mut child) = running(&["/bin/sleep", "1000"]);
     // As a VCH does for docker exec: the exec in the config, then the tools' reload.
     h.update(|c| {
         let mut e = session(&["/bin/sh", "-c", "echo from the exec"]);

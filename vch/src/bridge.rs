@@ -151,14 +151,11 @@ impl Network {
     }
 
     pub fn all(root: &Path) -> Vec<Self> {
-        let mut v: Vec<Self> = std::fs::read_dir(networks_dir(root))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| Self::load(root, &e.file_name().to_string_lossy()).ok())
-            .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+        crate::container::load_each(
+            &networks_dir(root),
+            |n| Self::load(root, n),
+            |n| n.name.clone(),
+        )
     }
 
     /// Makes the namespace, the bridge and the DNS/DHCP server of a new network. Without a

@@ -13,6 +13,23 @@ use tether_proto::guestinfo::vmx::VmxFile;
 
 use crate::network::{NetMode, PortSpec};
 
+/// Every record `load` reads from the entries of `dir` (those it cannot read are skipped),
+/// sorted by `key`: the networks and volumes of a state root.
+pub fn load_each<T, K: Ord>(
+    dir: &Path,
+    load: impl Fn(&str) -> anyhow::Result<T>,
+    key: impl Fn(&T) -> K,
+) -> Vec<T> {
+    let mut v: Vec<T> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| load(&e.file_name().to_string_lossy()).ok())
+        .collect();
+    v.sort_by_key(|t| key(t));
+    v
+}
+
 /// The state root: `$VCH_STATE`, else `$XDG_STATE_HOME/vch`, else `~/.local/state/vch`.
 pub fn state_root() -> PathBuf {
     if let Some(p) = std::env::var_os("VCH_STATE") {

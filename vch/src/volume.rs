@@ -89,14 +89,11 @@ impl Volume {
     }
 
     pub fn all(root: &Path) -> Vec<Self> {
-        let mut v: Vec<Self> = std::fs::read_dir(volumes_dir(root))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|e| Self::load(root, &e.file_name().to_string_lossy()).ok())
-            .collect();
-        v.sort_by(|a, b| a.name.cmp(&b.name));
-        v
+        crate::container::load_each(
+            &volumes_dir(root),
+            |n| Self::load(root, n),
+            |v| v.name.clone(),
+        )
     }
 
     /// Makes a volume: an ext4 filesystem of `size_mib` with its own label and an empty
