@@ -101,6 +101,19 @@ impl Host {
         }
     }
 
+    /// Runs vch, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.vch(args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "vch {args:?}: {}\n{}",
+            text(&out.stderr),
+            self.debug_log()
+        );
+        text(&out.stdout)
+    }
+
     /// The debug port of the only containerVM (for failure messages).
     fn debug_log(&self) -> String {
         let mut out = String::new();
@@ -654,21 +667,12 @@ fn the_user_network_leases_an_address_reaches_the_host_and_publishes_a_port() {
 #[test]
 fn containervms_on_a_vch_network_reach_each_other_by_name_and_alias() {
     let Some(host) = Host::new() else { return };
-    let ok = |out: &Output| {
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}\n{}",
-            text(&out.stderr),
-            host.debug_log()
-        );
-        text(&out.stdout)
-    };
-    ok(&host.vch(&["network", "create", "front"]));
-    ok(&host.vch(&["network", "create", "back", "--subnet", "192.168.77.0/24"]));
+    let ok = |args: &[&str]| host.ok(args);
+    ok(&["network", "create", "front"]);
+    ok(&["network", "create", "back", "--subnet", "192.168.77.0/24"]);
     // A server on the network, under its name and an alias, its port published on the host.
     let published = free_port();
-    ok(&host.vch(&[
+    ok(&[
         "run",
         "-d",
         "--net",
@@ -687,12 +691,12 @@ fn containervms_on_a_vch_network_reach_each_other_by_name_and_alias() {
         "/bin/sh",
         "-c",
         "mkdir -p /www && echo served by web > /www/index.html && exec httpd -f -p 80 -h /www",
-    ]));
+    ]);
     // A client on both networks, with a chosen address on the first: it fetches the page by
     // the server's name and by its alias, through the network's DNS (dnsmasq on the gateway).
     // Its resolv.conf lists both networks' servers (in VIC's endpoint order, by name): `back`'s
     // does not know `web` and refuses, so the resolver asks `front`'s.
-    let out = ok(&host.vch(&[
+    let out = ok(&[
         "run",
         "--net",
         "none",
@@ -710,7 +714,7 @@ fn containervms_on_a_vch_network_reach_each_other_by_name_and_alias() {
         "for n in web www; do for i in 1 2 3 4 5 6 7 8 9 10; do \
          wget -q -O - http://$n/ && break; sleep 1; done; done; \
          ip -o -4 addr | awk '$2 != \"lo\" {print $2, $4}'; grep nameserver /etc/resolv.conf",
-    ]));
+    ]);
     assert_eq!(
         out,
         "served by web\nserved by web\nfront 10.89.1.50/24\nback 192.168.77.3/24\n\
@@ -719,7 +723,7 @@ fn containervms_on_a_vch_network_reach_each_other_by_name_and_alias() {
         host.debug_log()
     );
     // `run -d` on two networks: both addresses, as the tether wrote them back, in vch inspect.
-    let web: serde_json::Value = serde_json::from_str(&ok(&host.vch(&["inspect", "web"]))).unwrap();
+    let web: serde_json::Value = serde_json::from_str(&ok(&["inspect", "web"])).unwrap();
     assert_eq!(
         web["NetworkSettings"]["Networks"]["front"]["IPAddress"], "10.89.1.2",
         "{web}"
@@ -729,8 +733,7 @@ fn containervms_on_a_vch_network_reach_each_other_by_name_and_alias() {
         "{web}"
     );
     // The client's too.
-    let client: serde_json::Value =
-        serde_json::from_str(&ok(&host.vch(&["inspect", "client"]))).unwrap();
+    let client: serde_json::Value = serde_json::from_str(&ok(&["inspect", "client"])).unwrap();
     let nets = &client["NetworkSettings"]["Networks"];
     assert_eq!(nets["front"]["IPAddress"], "10.89.1.50", "{client}");
     assert_eq!(nets["back"]["IPAddress"], "192.168.77.3", "{client}");
@@ -738,7 +741,7 @@ fn containervms_on_a_vch_network_reach_each_other_by_name_and_alias() {
     // The host reaches it through the published port (a forwarder into the network).
     assert_eq!(http_get(published, "/").unwrap(), "served by web\n");
     let inspect: serde_json::Value =
-        serde_json::from_str(&ok(&host.vch(&["network", "inspect", "front"]))).unwrap();
+        serde_json::from_str(&ok(&["network", "inspect", "front"])).unwrap();
     let members: Vec<(String, String)> = inspect["Containers"]
         .as_object()
         .unwrap()
@@ -766,16 +769,16 @@ fn containervms_on_a_vch_network_reach_each_other_by_name_and_alias() {
         text(&busy.stderr)
     );
     let netns = inspect["Namespace"].as_str().unwrap().to_string();
-    ok(&host.vch(&["rm", "-f", "web"]));
-    ok(&host.vch(&["rm", "client"]));
-    ok(&host.vch(&["network", "rm", "front"]));
-    ok(&host.vch(&["network", "rm", "back"]));
+    ok(&["rm", "-f", "web"]);
+    ok(&["rm", "client"]);
+    ok(&["network", "rm", "front"]);
+    ok(&["network", "rm", "back"]);
     assert!(
         !Path::new("/run/netns").join(&netns).exists(),
         "{netns} is left"
     );
     assert_eq!(
-        ok(&host.vch(&["network", "ls"])).lines().count(),
+        ok(&["network", "ls"]).lines().count(),
         1,
         "only the heading"
     );
@@ -981,7 +984,7 @@ fn an_nfs_volume_from_a_server_on_the_hosts_loopback() {
     // The container reaches the server at 10.0.2.100:2049 (QEMU's guestfwd to its port).
     let forward = format!("2049:{}", server.port);
     let run = |volume: &str, script: &str| {
-        let out = host.vch(&[
+        host.ok(&[
             "run",
             "--rm",
             "--host-port",
@@ -992,15 +995,7 @@ fn an_nfs_volume_from_a_server_on_the_hosts_loopback() {
             "/bin/sh",
             "-c",
             script,
-        ]);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}\n{}",
-            text(&out.stderr),
-            host.debug_log()
-        );
-        text(&out.stdout)
+        ])
     };
     let out = run(
         "nfs://10.0.2.100/export:/share",
