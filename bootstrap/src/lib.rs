@@ -46,13 +46,19 @@ pub const ON_DEMAND_MODULES: &[&str] = &["nfsv4"];
 /// The suffix of a compressed module file in the initramfs and its index.
 pub use tether_proto::modindex::COMPRESSED_SUFFIX;
 
-/// Device modules not needed to find the disk: the tether loads them beside the container's start,
-/// at idle priority until the primary session has launched (all of them load early too when the
-/// disk does not show up without them). virtio is among them: guestinfo comes over the backdoor
-/// on VMware and over COM4 under QEMU, both without a module, and the output log's virtio port
-/// can open a moment later (the log holds what comes before).
+/// Device modules not needed to find the disk, in the order the tether loads them beside the
+/// container's start, at idle priority until the primary session has launched (all of them load
+/// early too when the disk does not show up without them). virtio is among them: guestinfo comes
+/// over the backdoor on VMware and over COM4 under QEMU, both without a module, and the output
+/// log's virtio port can open a moment later (the log holds what comes before).
 pub const LATE_MODULES: &[&str] = &[
     "virtio_pci",
+    // The NICs' drivers first: a container with a network waits for them before its launch (its
+    // addresses come first), while the output log's port may open a moment later. A VM without
+    // a NIC loads neither.
+    "virtio_net",
+    "vmxnet3",
+    "e1000",
     "virtio_console",
     "ata_piix",
     "sr_mod",
@@ -60,9 +66,6 @@ pub const LATE_MODULES: &[&str] = &[
     "vmw_vmci",
     "vmw_vsock_virtio_transport",
     "vmw_vsock_vmci_transport",
-    "virtio_net",
-    "vmxnet3",
-    "e1000",
 ];
 
 /// Modules loaded at every boot: the container's filesystem, and the SCSI disk driver (the

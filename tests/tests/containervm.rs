@@ -653,13 +653,24 @@ fn the_user_network_leases_an_address_reaches_the_host_and_publishes_a_port() {
     assert_eq!(v["State"]["Running"], true, "{v}");
     // The tools reported the NIC with its address to the VMX once the network was up (a report
     // with no NIC is 48 bytes long).
-    let sup = std::fs::read_to_string(host.state.path().join(&id).join("supervisor.log")).unwrap();
-    let sizes: Vec<usize> = sup
-        .lines()
-        .filter_map(|l| l.split("tools said: SetGuestInfo  9  (").nth(1))
-        .filter_map(|rest| rest.split(' ').next()?.parse().ok())
-        .collect();
-    assert!(sizes.iter().any(|&n| n > 48), "{sup}");
+    // The supervisor logs what the tools said within a second or so.
+    let log = host.state.path().join(&id).join("supervisor.log");
+    let reported = || {
+        let sup = std::fs::read_to_string(&log).unwrap_or_default();
+        sup.lines()
+            .filter_map(|l| l.split("tools said: SetGuestInfo  9  (").nth(1))
+            .filter_map(|rest| rest.split(' ').next()?.parse::<usize>().ok())
+            .any(|n| n > 48)
+    };
+    let start = Instant::now();
+    while !reported() {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let rm = host.vch(&["rm", "-f", &id]);
     assert_eq!(rm.status.code(), Some(0), "{}", text(&rm.stderr));
 }
