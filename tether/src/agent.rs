@@ -86,13 +86,7 @@ impl Agent {
     }
 
     fn primary_id(&self) -> Option<String> {
-        let id = &self.cfg.common.id;
-        if self.cfg.sessions.contains_key(id) {
-            return Some(id.clone());
-        }
-        (self.cfg.sessions.len() == 1)
-            .then(|| self.cfg.sessions.keys().next().cloned())
-            .flatten()
+        self.cfg.primary_id().map(str::to_string)
     }
 
     /// Runs until the primary session ends or a stop is asked for. A config that cannot be read

@@ -392,7 +392,8 @@ fn volumes_up(
             tracing::warn!("NFS client module: {e}");
         }
     }
-    let find = |label: &str| crate::volume::find_label(&sys, Path::new("/dev"), label);
+    let find =
+        |label: &str| crate::boot::disk::find_labelled_with_loops(&sys, Path::new("/dev"), label);
     // A new disk is looked for as its device event arrives (polling where there are none).
     let events = crate::sys::uevent::Uevents::open().ok();
     let device_wait = |d: Duration| match &events {

@@ -29,18 +29,11 @@ pub struct Known(Arc<Mutex<Option<Facts>>>);
 
 impl Known {
     pub fn update(&self, cfg: &ExecutorConfig) {
-        let primary = if cfg.sessions.contains_key(&cfg.common.id) {
-            Some(cfg.common.id.clone())
-        } else if cfg.sessions.len() == 1 {
-            cfg.sessions.keys().next().cloned()
-        } else {
-            None
-        };
+        let primary = cfg.primary_id().map(str::to_string);
         let labels = cfg
             .mounts
             .values()
-            .filter(|m| m.source.scheme == "label")
-            .map(|m| m.source.path.trim_start_matches('/').to_string())
+            .filter_map(crate::volume::label)
             .collect();
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(Facts {
             id: cfg.common.id.clone(),

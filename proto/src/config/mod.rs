@@ -470,6 +470,18 @@ impl ExecutorConfig {
         Ok((cfg, warnings))
     }
 
+    /// The primary session: the one with the container's ID, else the only session there is.
+    pub fn primary_id(&self) -> Option<&str> {
+        let id = &self.common.id;
+        if self.sessions.contains_key(id) {
+            return Some(id);
+        }
+        match self.sessions.len() {
+            1 => self.sessions.keys().next().map(String::as_str),
+            _ => None,
+        }
+    }
+
     /// The session or exec `id`, and which map it is in.
     pub fn session(&self, id: &str) -> Option<(SessionKind, &SessionConfig)> {
         self.sessions

@@ -75,6 +75,22 @@ pub fn find_labelled(sys: &Path, dev: &Path, label: &str) -> Option<PathBuf> {
         .find_map(|name| labelled(dev, &name, label))
 }
 
+/// [`find_labelled`] among loop devices too (the process-mode tests' volumes are on them; the
+/// container's own disk never is).
+pub fn find_labelled_with_loops(sys: &Path, dev: &Path, label: &str) -> Option<PathBuf> {
+    let loops = std::fs::read_dir(sys.join("class/block"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("loop"));
+    let mut names: Vec<String> = block_devices(sys).into_iter().chain(loops).collect();
+    names.sort();
+    names
+        .into_iter()
+        .find_map(|name| labelled(dev, &name, label))
+}
+
 /// Where the bootstrap stage learns of new devices: the kernel's uevents (scripted in tests).
 pub trait DeviceEvents {
     /// Waits at most `timeout`, then returns what came.
@@ -238,6 +254,16 @@ mod tests {
             Some(dev.join("sdb"))
         );
         assert_eq!(find_labelled(&sys, &dev, "nope"), None);
+        // Volumes may be on loop devices (process mode): those are looked at too.
+        assert_eq!(find_labelled(&sys, &dev, "scratch"), Some(dev.join("sda")));
+        std::fs::create_dir(sys.join("class/block/loop1")).unwrap();
+        let vol = mkfs(t.path(), "vol-x").unwrap();
+        std::fs::copy(&vol, dev.join("loop1")).unwrap();
+        assert_eq!(find_labelled(&sys, &dev, "vol-x"), None);
+        assert_eq!(
+            find_labelled_with_loops(&sys, &dev, "vol-x"),
+            Some(dev.join("loop1"))
+        );
         let head = std::fs::read(&other).unwrap();
         assert_eq!(ext_label(&head[..2048]).as_deref(), Some("scratch"));
         assert_eq!(ext_label(&[0u8; 2048]), None);

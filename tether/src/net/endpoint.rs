@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use tether_proto::config::{ExecutorConfig, IpNet, NetworkEndpoint};
 
 use super::dhcp::{Client, Lease};
+use super::identity::usable;
 use super::link::{Cidr, Links};
 use super::slot;
 
@@ -68,10 +69,6 @@ fn ipnet(c: Cidr) -> IpNet {
         ip: Some(c.ip),
         mask: Some(mask(c.ip, c.prefix)),
     }
-}
-
-fn usable(ip: Option<IpAddr>) -> Option<IpAddr> {
-    ip.filter(|ip| !ip.is_unspecified())
 }
 
 /// What DHCP needs to ask for an endpoint's lease.

@@ -26,7 +26,7 @@ pub struct Identity {
 }
 
 /// An address that is really one (not `0.0.0.0` or `::`).
-fn usable(ip: Option<IpAddr>) -> Option<IpAddr> {
+pub(super) fn usable(ip: Option<IpAddr>) -> Option<IpAddr> {
     ip.filter(|ip| !ip.is_unspecified())
 }
 

@@ -53,6 +53,19 @@ pub fn plan(cfg: &ExecutorConfig) -> Result<Vec<Volume>, String> {
     Ok(vols)
 }
 
+/// The disk label a `label` mount names: VIC writes it as the URL's path (`label:/<label>`) or
+/// opaque part (`label:<label>`). `None` for another scheme or an empty label.
+pub fn label(m: &MountSpec) -> Option<String> {
+    if m.source.scheme != "label" {
+        return None;
+    }
+    let l = match m.source.opaque.as_str() {
+        "" => m.source.path.trim_start_matches('/'),
+        opaque => opaque,
+    };
+    (!l.is_empty()).then(|| l.to_string())
+}
+
 fn volume(name: &str, m: &MountSpec) -> Result<Volume, String> {
     let fail = |why: String| format!("volume {name}: {why}");
     let target = PathBuf::from(&m.path);
@@ -63,18 +76,13 @@ fn volume(name: &str, m: &MountSpec) -> Result<Volume, String> {
         )));
     }
     let source = match m.source.scheme.as_str() {
-        "label" => {
-            // VIC writes the label as the URL's path (`label:/<label>` or opaque `label:<label>`).
-            let label = if m.source.opaque.is_empty() {
-                m.source.path.trim_start_matches('/')
-            } else {
-                m.source.opaque.as_str()
-            };
-            if label.is_empty() || label.len() > 16 {
-                return Err(fail(format!("{label:?} is not an ext4 label")));
+        "label" => match label(m) {
+            Some(l) if l.len() <= 16 => Source::Label(l),
+            l => {
+                let l = l.unwrap_or_default();
+                return Err(fail(format!("{l:?} is not an ext4 label")));
             }
-            Source::Label(label.to_string())
-        }
+        },
         "nfs" => {
             if m.source.host.is_empty() {
                 return Err(fail("an NFS source without a host".into()));
@@ -343,28 +351,6 @@ fn mount_nfs(
         }
     }
     Err(errors.join("; "))
-}
-
-/// The block device under `sys`/`dev` whose ext4 filesystem carries `label` (loop devices
-/// included: the process-mode tests' volumes are on them).
-pub fn find_label(sys: &Path, dev: &Path, label: &str) -> Option<PathBuf> {
-    use std::io::Read as _;
-    let mut names: Vec<String> = std::fs::read_dir(sys.join("class/block"))
-        .ok()?
-        .flatten()
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| !["ram", "sr", "zram"].iter().any(|p| n.starts_with(p)))
-        .collect();
-    names.sort();
-    names.into_iter().find_map(|name| {
-        let path = dev.join(&name);
-        let mut head = vec![0u8; 2048];
-        std::fs::File::open(&path)
-            .ok()?
-            .read_exact(&mut head)
-            .ok()?;
-        (crate::boot::disk::ext_label(&head)? == label).then_some(path)
-    })
 }
 
 /// A host's addresses through the container's resolver (its `/etc/hosts` and `resolv.conf`).
