@@ -164,13 +164,7 @@ fn endpoint(name: &str) -> NetworkEndpoint {
 
 fn net(cidr: &str) -> IpNet {
     let (ip, prefix) = cidr.split_once('/').unwrap();
-    let prefix: u32 = prefix.parse().unwrap();
-    IpNet {
-        ip: Some(ip.parse().unwrap()),
-        mask: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::from(
-            u32::MAX.checked_shl(32 - prefix).unwrap_or(0),
-        ))),
-    }
+    IpNet::with_prefix(ip.parse().unwrap(), prefix.parse().unwrap())
 }
 
 /// Waits for the tether to power its namespace off; returns the session's exit status.

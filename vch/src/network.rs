@@ -189,7 +189,7 @@ pub fn nics(
 
 /// QEMU's user network: its gateway and DNS server.
 const USER_GATEWAY: &str = "10.0.2.2";
-const USER_PREFIX: u32 = 24;
+const USER_PREFIX: u8 = 24;
 const USER_DNS: &str = "10.0.2.3";
 
 /// The endpoints of `nics` in the container's config, as VIC's VCH writes them: the slot as
@@ -220,12 +220,7 @@ pub fn add_endpoints(cfg: &mut ExecutorConfig, mode: NetMode, nics: &[Nic], publ
         e.ports = publish.iter().map(ToString::to_string).collect();
         if mode == NetMode::Isolated {
             let gw: IpAddr = USER_GATEWAY.parse().expect("an address");
-            e.network.gateway = tether_proto::config::IpNet {
-                ip: Some(gw),
-                mask: Some(IpAddr::V4(std::net::Ipv4Addr::from(
-                    u32::MAX << (32 - USER_PREFIX),
-                ))),
-            };
+            e.network.gateway = tether_proto::config::IpNet::with_prefix(gw, USER_PREFIX);
             e.network.nameservers = vec![USER_DNS.parse().expect("an address")];
         }
         cfg.networks.insert(USER_NETWORK.into(), e);

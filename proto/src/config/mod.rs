@@ -319,6 +319,40 @@ pub struct IpNet {
     pub mask: Option<IpAddr>,
 }
 
+impl IpNet {
+    /// `ip` with a mask of `prefix` bits in its family.
+    pub fn with_prefix(ip: IpAddr, prefix: u8) -> Self {
+        let mask = match ip {
+            IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::from(
+                u32::MAX
+                    .checked_shl(32 - u32::from(prefix.min(32)))
+                    .unwrap_or(0),
+            )),
+            IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::MAX
+                    .checked_shl(128 - u32::from(prefix.min(128)))
+                    .unwrap_or(0),
+            )),
+        };
+        Self {
+            ip: Some(ip),
+            mask: Some(mask),
+        }
+    }
+
+    /// The mask's length in bits, in the address's family (a v4 mask that Go wrote in 16-byte
+    /// form counts its last 32 bits); `None` without a mask, or with a v4 mask on a v6 address.
+    pub fn prefix(&self) -> Option<u8> {
+        let ones = match (self.ip, self.mask?) {
+            (Some(IpAddr::V4(_)), IpAddr::V6(m)) => (u128::from(m) as u32).leading_ones(),
+            (Some(IpAddr::V6(_)), IpAddr::V4(_)) => return None,
+            (_, IpAddr::V4(m)) => u32::from(m).leading_ones(),
+            (_, IpAddr::V6(m)) => u128::from(m).leading_ones(),
+        };
+        Some(ones as u8)
+    }
+}
+
 impl Node for IpNet {
     fn visit(&mut self, v: &mut dyn Visitor, at: &Path) -> Result<(), CodecError> {
         v.scalar(&at.field("IP"), &mut self.ip)?;

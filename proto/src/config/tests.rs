@@ -468,3 +468,23 @@ proptest! {
         let _ = ExecutorConfig::decode(&mut kv);
     }
 }
+
+#[test]
+fn an_ipnet_from_a_prefix_and_back() {
+    let v4 = IpNet::with_prefix("10.0.2.15".parse().unwrap(), 24);
+    assert_eq!(v4.mask, Some("255.255.255.0".parse().unwrap()));
+    assert_eq!(v4.prefix(), Some(24));
+    assert_eq!(
+        IpNet::with_prefix("10.0.2.15".parse().unwrap(), 0).prefix(),
+        Some(0)
+    );
+    let v6 = IpNet::with_prefix("fd00::1".parse().unwrap(), 64);
+    assert_eq!(v6.prefix(), Some(64));
+    // A v4 mask written by Go in 16-byte form.
+    let go = IpNet {
+        ip: Some("172.16.0.2".parse().unwrap()),
+        mask: Some("::ffff:255.255.0.0".parse().unwrap()),
+    };
+    assert_eq!(go.prefix(), Some(16));
+    assert_eq!(IpNet::default().prefix(), None);
+}

@@ -4,7 +4,7 @@
 //! on it); the default route, or the network's destinations, through the gateway; and what the
 //! guest ended up with recorded in the endpoint's read-write fields for the host.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -37,38 +37,13 @@ pub fn addressing(e: &NetworkEndpoint) -> Addressing {
 
 /// An address and mask as a [`Cidr`]; without a mask, the host's own prefix.
 fn cidr(ip: IpAddr, mask: Option<IpAddr>) -> Cidr {
-    let prefix = match (ip, mask) {
-        (IpAddr::V4(_), Some(IpAddr::V4(m))) => u32::from(m).leading_ones() as u8,
-        (IpAddr::V6(_), Some(IpAddr::V6(m))) => u128::from(m).leading_ones() as u8,
-        // A v4 mask in 16-byte form, as Go writes some.
-        (IpAddr::V4(_), Some(IpAddr::V6(m))) => (u128::from(m) as u32).leading_ones() as u8,
-        (IpAddr::V4(_), _) => 32,
-        (IpAddr::V6(_), _) => 128,
-    };
+    let host = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix = IpNet { ip: Some(ip), mask }.prefix().unwrap_or(host);
     Cidr { ip, prefix }
 }
 
-/// The mask of `prefix` bits in `ip`'s family.
-fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from(
-            u32::MAX
-                .checked_shl(32 - u32::from(prefix.min(32)))
-                .unwrap_or(0),
-        )),
-        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(
-            u128::MAX
-                .checked_shl(128 - u32::from(prefix.min(128)))
-                .unwrap_or(0),
-        )),
-    }
-}
-
 fn ipnet(c: Cidr) -> IpNet {
-    IpNet {
-        ip: Some(c.ip),
-        mask: Some(mask(c.ip, c.prefix)),
-    }
+    IpNet::with_prefix(c.ip, c.prefix)
 }
 
 /// What DHCP needs to ask for an endpoint's lease.
@@ -301,10 +276,7 @@ pub fn apply(links: &mut dyn Links, nic: &Nic, e: &mut NetworkEndpoint) -> Resul
     e.assigned = ipnet(address);
     e.network.assigned.gateway = match gateway {
         Some(gw) if Some(gw) == usable(e.network.gateway.ip) => e.network.gateway.clone(),
-        Some(gw) => IpNet {
-            ip: Some(gw),
-            mask: Some(mask(gw, address.prefix)),
-        },
+        Some(gw) => IpNet::with_prefix(gw, address.prefix),
         None => IpNet::default(),
     };
     e.network.assigned.nameservers = if e.network.nameservers.is_empty() {
@@ -416,11 +388,7 @@ mod tests {
 
     fn net(ip: &str) -> IpNet {
         let (ip, prefix) = ip.split_once('/').unwrap();
-        let ip: IpAddr = ip.parse().unwrap();
-        IpNet {
-            ip: Some(ip),
-            mask: Some(mask(ip, prefix.parse().unwrap())),
-        }
+        IpNet::with_prefix(ip.parse().unwrap(), prefix.parse().unwrap())
     }
 
     fn run(cfg: &mut ExecutorConfig) -> (Result<Vec<Nic>, String>, Fake, FakeDhcp) {

@@ -111,18 +111,13 @@ pub fn inspect(root: &Path, what: &str) -> anyhow::Result<()> {
         .networks
         .iter()
         .map(|(name, e)| {
-            let prefix = |m: Option<std::net::IpAddr>| match m {
-                Some(std::net::IpAddr::V4(m)) => u32::from(m).leading_ones(),
-                Some(std::net::IpAddr::V6(m)) => u128::from(m).leading_ones(),
-                None => 0,
-            };
             let mac = nics
                 .iter()
                 .find(|n| n.slot.to_string() == e.common.id)
                 .map(|n| n.mac.clone());
             let v = serde_json::json!({
                 "IPAddress": e.assigned.ip.map(|i| i.to_string()).unwrap_or_default(),
-                "IPPrefixLen": prefix(e.assigned.mask),
+                "IPPrefixLen": e.assigned.prefix().unwrap_or(0),
                 "Gateway": e.network.assigned.gateway.ip.map(|i| i.to_string()).unwrap_or_default(),
                 "DNS": e.network.assigned.nameservers.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
                 "MacAddress": mac.unwrap_or_default(),
