@@ -34,9 +34,7 @@ fuzz_target!(|data: &[u8]| {
     let mut t = Toolbox::new(Nothing, Box::new(Sink));
     // As given, and as the body of a relayed guest operation behind a valid header.
     assert!(!t.dispatch(data).is_empty());
-    let relayed = [b"Vix_1_Relayed_Command \"x\"\0".as_slice(), data].concat();
-    assert!(!t.dispatch(&relayed).is_empty());
+    assert!(!t.dispatch(&vix::relayed(data)).is_empty());
     let start = vix::request(vix::OP_START_PROGRAM, data, &vix::credential("c0ffee", ""), 1);
-    let relayed = [b"Vix_1_Relayed_Command \"x\"\0".as_slice(), &start].concat();
-    assert!(!t.dispatch(&relayed).is_empty());
+    assert!(!t.dispatch(&vix::relayed(&start)).is_empty());
 });

@@ -183,6 +183,26 @@ pub fn reply(h: Option<&Header>, err: u32, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The TCLO command that carries a guest operation.
+pub const RELAYED_COMMAND: &str = "Vix_1_Relayed_Command";
+
+/// A guest operation as the VMX puts it into the TCLO channel: the command, a quoted request
+/// name, a NUL, then the VIX `request`.
+pub fn relayed(request: &[u8]) -> Vec<u8> {
+    [format!("{RELAYED_COMMAND} \"vix\"\0").as_bytes(), request].concat()
+}
+
+/// A relayed StartProgram of `path arguments` with `user` as the name/password credential's
+/// name (VIC's VCH: the container's ID).
+pub fn start_program_as(user: &str, path: &str, arguments: &str) -> Vec<u8> {
+    relayed(&request(
+        OP_START_PROGRAM,
+        &start_program_body(path, arguments),
+        &credential(user, ""),
+        CREDENTIAL_NAME_PASSWORD,
+    ))
+}
+
 /// Builds a request as a VCH does (for tests and for `vch`'s side).
 pub fn request(opcode: u32, body: &[u8], credential: &[u8], credential_type: u32) -> Vec<u8> {
     let mut v = Vec::with_capacity(HEADER_LEN + body.len() + credential.len());

@@ -46,14 +46,7 @@ fn tether(h: &Harness, guestinfo: &str) -> Child {
 
 /// A relayed StartProgram of `path args` with the container's ID as the credential.
 fn start_program(path: &str, args: &str) -> Vec<u8> {
-    use tether::toolbox::vix;
-    let req = vix::request(
-        vix::OP_START_PROGRAM,
-        &vix::start_program_body(path, args),
-        &vix::credential(ID, ""),
-        vix::CREDENTIAL_NAME_PASSWORD,
-    );
-    [b"Vix_1_Relayed_Command \"1\"\0".as_slice(), &req].concat()
+    tether::toolbox::vix::start_program_as(ID, path, args)
 }
 
 /// A tether running `args` as its primary, its guestinfo from the test's VMX; back once the

@@ -137,7 +137,7 @@ impl<C: Container> Toolbox<C> {
                 self.container.halt();
                 reply
             }
-            "Vix_1_Relayed_Command" => ok(&self.vix(args)),
+            vix::RELAYED_COMMAND => ok(&self.vix(args)),
             _ => b"Unknown Command".to_vec(),
         }
     }
@@ -342,16 +342,15 @@ mod tests {
         (Toolbox::new(c, Box::new(FakeOut(log.clone()))), log)
     }
 
-    /// A relayed StartProgram as the VMX puts it in the TCLO channel.
+    /// A relayed StartProgram as the VMX puts it in the TCLO channel, with a password (which
+    /// VIC's override does not look at).
     fn start(name: &str, path: &str, args: &str) -> Vec<u8> {
-        let body = vix::start_program_body(path, args);
-        let req = vix::request(
+        vix::relayed(&vix::request(
             vix::OP_START_PROGRAM,
-            &body,
+            &vix::start_program_body(path, args),
             &vix::credential(name, "ignored"),
             vix::CREDENTIAL_NAME_PASSWORD,
-        );
-        [b"Vix_1_Relayed_Command \"38cd...\"\0".as_slice(), &req].concat()
+        ))
     }
 
     #[test]
@@ -487,7 +486,7 @@ mod tests {
             &vix::credential("c0ffee", ""),
             1,
         );
-        let r = t.dispatch(&[b"Vix_1_Relayed_Command \"x\"\0".as_slice(), &list].concat());
+        let r = t.dispatch(&vix::relayed(&list));
         let text = String::from_utf8_lossy(&r);
         assert!(
             text.starts_with("OK 0 0 <proc><cmd>kill TERM</cmd>"),
@@ -503,7 +502,7 @@ mod tests {
             &vix::credential("c0ffee", ""),
             1,
         );
-        let r = t.dispatch(&[b"Vix_1_Relayed_Command \"x\"\0".as_slice(), &term].concat());
+        let r = t.dispatch(&vix::relayed(&term));
         assert_eq!(r, b"OK 20003 0 \0");
     }
 
@@ -519,14 +518,14 @@ mod tests {
         let req = start("c0ffee", "kill", "TERM");
         let r = t.dispatch(&req[..40]);
         assert_eq!(r, b"OK 10000 0 \0");
-        let r = t.dispatch(b"Vix_1_Relayed_Command \"x\"\0\x01\x02\x03\x04");
+        let r = t.dispatch(&vix::relayed(b"\x01\x02\x03\x04"));
         assert_eq!(r, b"OK 10000 0 \0");
         let odd = vix::request(77, &[], &vix::credential("c0ffee", ""), 1);
-        let r = t.dispatch(&[b"Vix_1_Relayed_Command \"x\"\0".as_slice(), &odd].concat());
+        let r = t.dispatch(&vix::relayed(&odd));
         assert_eq!(r, b"OK 3025 0 \0");
         // GetToolsState needs no credential: the properties, in base64.
         let state = vix::request(vix::OP_GET_TOOLS_STATE, &[], &[], 0);
-        let r = t.dispatch(&[b"Vix_1_Relayed_Command \"x\"\0".as_slice(), &state].concat());
+        let r = t.dispatch(&vix::relayed(&state));
         assert!(r.starts_with(b"OK 0 0 ") && r.ends_with(b"\0"));
         use base64::Engine as _;
         let list = base64::engine::general_purpose::STANDARD

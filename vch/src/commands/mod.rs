@@ -88,14 +88,7 @@ pub async fn tools_request(c: &Container, request: Vec<u8>) -> Option<Vec<u8>> {
 /// VIC's guest operation: StartProgram `path args` through the tools, with the container's ID
 /// as the credential; whether the tools ran it.
 pub async fn tools_program(c: &Container, path: &str, args: &str) -> bool {
-    use tether_proto::vix;
-    let req = vix::request(
-        vix::OP_START_PROGRAM,
-        &vix::start_program_body(path, args),
-        &vix::credential(&c.meta.id, ""),
-        vix::CREDENTIAL_NAME_PASSWORD,
-    );
-    let tclo = [b"Vix_1_Relayed_Command \"vch\"\0".as_slice(), &req].concat();
+    let tclo = tether_proto::vix::start_program_as(&c.meta.id, path, args);
     let reply = tools_request(c, tclo).await;
     let ok = reply.as_deref().is_some_and(|r| r.starts_with(b"OK 0 0 "));
     if !ok {

@@ -299,15 +299,7 @@ fn the_toolbox_loop_answers_the_vmx_through_the_backdoor() {
         }
     }
 
-    let vix_start = |path: &str, args: &str| {
-        let req = vix::request(
-            vix::OP_START_PROGRAM,
-            &vix::start_program_body(path, args),
-            &vix::credential("abc123", ""),
-            vix::CREDENTIAL_NAME_PASSWORD,
-        );
-        [b"Vix_1_Relayed_Command \"1\"\0".as_slice(), &req].concat()
-    };
+    let vix_start = |path: &str, args: &str| vix::start_program_as("abc123", path, args);
     let mut h = host(false);
     h.tclo_requests.extend([
         b"reset".to_vec(),
