@@ -18,15 +18,6 @@ const LIMIT: Duration = Duration::from_secs(90);
 /// The PCI slot the test's sysfs gives the container's NIC.
 const SLOT: &str = "5";
 
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Two network namespaces joined by a veth pair: `eth0` in the container's, `srv0` (10.77.0.1/24)
 /// in the server's. Both go when this is dropped.
 struct Lab {
@@ -124,14 +115,7 @@ impl Lab {
         let h = Harness::new(cfg);
         let sys = h.path("sys");
         std::fs::create_dir_all(sys.join("bus/pci/devices/0000:00:05.0/net/eth0")).unwrap();
-        let cmdline = format!(
-            "quiet tether.guestinfo={} tether.debug={} tether.output={} tether.dir={} tether.sys={}",
-            h.vmx.display(),
-            h.debug.display(),
-            h.out.display(),
-            h.path("dot-tether").display(),
-            sys.display()
-        );
+        let cmdline = h.init_cmdline(&format!("tether.sys={}", sys.display()));
         let child = Command::new("ip")
             .args(["netns", "exec", &self.container, "unshare"])
             .args(["--pid", "--fork", "--mount", "--uts", "--mount-proc"])

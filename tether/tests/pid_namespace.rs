@@ -138,13 +138,7 @@ fn init_runs_the_container_and_powers_the_namespace_off() {
         eprintln!("skipped: unshare {unshare:?} is not allowed here");
         return;
     }
-    let cmdline = format!(
-        "quiet tether.guestinfo={} tether.debug={} tether.output={} tether.dir={}",
-        h.vmx.display(),
-        h.debug.display(),
-        h.out.display(),
-        h.path("dot-tether").display()
-    );
+    let cmdline = h.init_cmdline("");
     let mut c = Command::new("unshare");
     c.args(unshare)
         .arg(tether_bin())

@@ -14,16 +14,6 @@ use tether_proto::iolog::Stream;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
-fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// An ext4 image labelled `label` holding the files of `from`, on a loop device (detached when
 /// dropped).
 struct Disk {
@@ -86,13 +76,7 @@ fn mount(label: &str, dest: &Path, mode: &str, copy: bool) -> MountSpec {
 
 /// `tether init` with `cfg` in namespaces of its own; waits for it to power off.
 fn run_init(h: &Harness, volwait: u32) -> Child {
-    let cmdline = format!(
-        "quiet tether.guestinfo={} tether.debug={} tether.output={} tether.dir={} tether.volwait={volwait}",
-        h.vmx.display(),
-        h.debug.display(),
-        h.out.display(),
-        h.path("dot-tether").display(),
-    );
+    let cmdline = h.init_cmdline(&format!("tether.volwait={volwait}"));
     Command::new("unshare")
         .args(["--pid", "--fork", "--mount", "--uts", "--mount-proc"])
         .arg(tether_bin())

@@ -127,6 +127,20 @@ impl Harness {
         String::from_utf8_lossy(&bytes).into_owned()
     }
 
+    /// The kernel command line of a `tether init` on this harness (its guestinfo, logs and own
+    /// directory), with `extra` words after.
+    pub fn init_cmdline(&self, extra: &str) -> String {
+        format!(
+            "quiet tether.guestinfo={} tether.debug={} tether.output={} tether.dir={} {extra}",
+            self.vmx.display(),
+            self.debug.display(),
+            self.out.display(),
+            self.path("dot-tether").display()
+        )
+        .trim_end()
+        .to_string()
+    }
+
     pub fn debug_text(&self) -> String {
         std::fs::read_to_string(&self.debug).unwrap_or_default()
     }
@@ -166,4 +180,15 @@ pub fn write_script(path: &Path, body: &str) {
 pub fn send_signal(child: &Child, sig: i32) {
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::try_from(sig).unwrap()).unwrap();
+}
+
+/// Runs a command that must succeed; its stdout.
+pub fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
