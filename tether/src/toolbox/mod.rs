@@ -280,67 +280,12 @@ impl<C: Container> Toolbox<C> {
 }
 
 #[cfg(test)]
+pub(crate) mod fake;
+
+#[cfg(test)]
 mod tests {
+    use super::fake::{toolbox, FakeContainer, FakeOut, Log};
     use super::*;
-    use std::sync::{Arc, Mutex};
-
-    /// Records what the toolbox did to the container and sent to the VMX.
-    #[derive(Clone, Default)]
-    struct Log(Arc<Mutex<Vec<String>>>);
-
-    impl Log {
-        fn push(&self, s: String) {
-            self.0.lock().unwrap().push(s);
-        }
-        fn take(&self) -> Vec<String> {
-            std::mem::take(&mut self.0.lock().unwrap())
-        }
-    }
-
-    struct FakeContainer {
-        id: Option<String>,
-        log: Log,
-    }
-
-    impl Container for FakeContainer {
-        fn id(&self) -> Option<String> {
-            self.id.clone()
-        }
-        fn volume_labels(&self) -> Vec<String> {
-            vec!["vol-data".into()]
-        }
-        fn signal(&self, sig: Signal, group: bool) -> Result<(), String> {
-            self.log.push(format!("signal {sig:?} group={group}"));
-            Ok(())
-        }
-        fn reload(&self) {
-            self.log.push("reload".into());
-        }
-        fn halt(&self) {
-            self.log.push("halt".into());
-        }
-        fn primary_ip(&self) -> Option<String> {
-            Some("10.0.2.15".into())
-        }
-    }
-
-    struct FakeOut(Log);
-    impl Out for FakeOut {
-        fn send(&mut self, request: &[u8]) -> Result<Vec<u8>, String> {
-            self.0
-                .push(format!("out {}", String::from_utf8_lossy(request)));
-            Ok(b"1 ".to_vec())
-        }
-    }
-
-    fn toolbox(id: Option<&str>) -> (Toolbox<FakeContainer>, Log) {
-        let log = Log::default();
-        let c = FakeContainer {
-            id: id.map(str::to_string),
-            log: log.clone(),
-        };
-        (Toolbox::new(c, Box::new(FakeOut(log.clone()))), log)
-    }
 
     /// A relayed StartProgram as the VMX puts it in the TCLO channel, with a password (which
     /// VIC's override does not look at).
@@ -378,37 +323,18 @@ mod tests {
 
     #[test]
     fn the_nics_are_reported_again_when_the_addresses_change() {
-        use std::sync::atomic::{AtomicU64, Ordering};
-        static CHANGES: AtomicU64 = AtomicU64::new(0);
-        struct Net;
-        impl Container for Net {
-            fn id(&self) -> Option<String> {
-                None
-            }
-            fn volume_labels(&self) -> Vec<String> {
-                vec![]
-            }
-            fn signal(&self, _: Signal, _: bool) -> Result<(), String> {
-                Ok(())
-            }
-            fn reload(&self) {}
-            fn halt(&self) {}
-            fn primary_ip(&self) -> Option<String> {
-                None
-            }
-            fn network_changes(&self) -> u64 {
-                CHANGES.load(Ordering::Relaxed)
-            }
-        }
+        use std::sync::atomic::Ordering;
         let log = Log::default();
-        let mut t = Toolbox::new(Net, Box::new(FakeOut(log.clone())));
+        let net = FakeContainer::new(None, &log);
+        let changes = net.changes.clone();
+        let mut t = Toolbox::new(net, Box::new(FakeOut(log.clone())));
         t.tick();
         assert!(log.take().is_empty(), "nothing before the VMX's reset");
         t.dispatch(b"reset");
         assert_eq!(log.take().len(), 1);
         t.tick();
         assert!(log.take().is_empty(), "no change");
-        CHANGES.fetch_add(1, Ordering::Relaxed);
+        changes.fetch_add(1, Ordering::Relaxed);
         t.tick();
         assert_eq!(log.take().len(), 1, "reported again");
         t.tick();

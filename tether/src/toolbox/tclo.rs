@@ -112,30 +112,6 @@ mod tests {
         }
     }
 
-    struct Quiet;
-    impl Container for Quiet {
-        fn id(&self) -> Option<String> {
-            Some("c".into())
-        }
-        fn volume_labels(&self) -> Vec<String> {
-            vec![]
-        }
-        fn signal(&self, _: nix::sys::signal::Signal, _: bool) -> Result<(), String> {
-            Ok(())
-        }
-        fn reload(&self) {}
-        fn halt(&self) {}
-        fn primary_ip(&self) -> Option<String> {
-            None
-        }
-    }
-    struct NoOut;
-    impl super::super::Out for NoOut {
-        fn send(&mut self, _: &[u8]) -> Result<Vec<u8>, String> {
-            Ok(b"1 ".to_vec())
-        }
-    }
-
     #[test]
     fn each_poll_carries_the_previous_reply_and_errors_wait_five_seconds() {
         let stop = std::rc::Rc::new(AtomicBool::new(false));
@@ -151,7 +127,7 @@ mod tests {
             sent: Vec::new(),
             stop: stop.clone(),
         };
-        let mut t = Toolbox::new(Quiet, Box::new(NoOut));
+        let (mut t, _) = crate::toolbox::fake::toolbox(Some("c"));
         let waits = RefCell::new(Vec::new());
         run(&mut line, &mut t, &stop, &|d| waits.borrow_mut().push(d));
         assert_eq!(
@@ -178,7 +154,7 @@ mod tests {
             sent: Vec::new(),
             stop: stop.clone(),
         };
-        let mut t = Toolbox::new(Quiet, Box::new(NoOut));
+        let (mut t, _) = crate::toolbox::fake::toolbox(Some("c"));
         run(&mut line, &mut t, &stop, &|_| {});
         assert_eq!(line.sent.len(), 1);
         assert!(!stop.load(Ordering::Relaxed));

@@ -271,33 +271,10 @@ fn the_tclo_channel_stays_open_and_carries_replies_out_and_requests_in() {
 /// RPCI requests out, byte for byte.
 #[test]
 fn the_toolbox_loop_answers_the_vmx_through_the_backdoor() {
-    use crate::toolbox::{tclo, vix, Container, Out, Toolbox};
+    use crate::toolbox::fake::{FakeContainer, Log};
+    use crate::toolbox::{tclo, vix, Out, Toolbox};
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
-
-    #[derive(Clone, Default)]
-    struct Did(Arc<Mutex<Vec<String>>>);
-    impl Container for Did {
-        fn id(&self) -> Option<String> {
-            Some("abc123".into())
-        }
-        fn volume_labels(&self) -> Vec<String> {
-            vec![]
-        }
-        fn signal(&self, sig: nix::sys::signal::Signal, group: bool) -> Result<(), String> {
-            self.0.lock().unwrap().push(format!("{sig:?} {group}"));
-            Ok(())
-        }
-        fn reload(&self) {
-            self.0.lock().unwrap().push("reload".into());
-        }
-        fn halt(&self) {
-            self.0.lock().unwrap().push("halt".into());
-        }
-        fn primary_ip(&self) -> Option<String> {
-            None
-        }
-    }
 
     let vix_start = |path: &str, args: &str| vix::start_program_as("abc123", path, args);
     let mut h = host(false);
@@ -329,8 +306,9 @@ fn the_toolbox_loop_answers_the_vmx_through_the_backdoor() {
                 .map_err(|e| e.to_string())
         }
     }
-    let did = Did::default();
-    let mut toolbox = Toolbox::new(did.clone(), Box::new(RpciOut(b.clone())));
+    let did = Log::default();
+    let container = FakeContainer::new(Some("abc123"), &did);
+    let mut toolbox = Toolbox::new(container, Box::new(RpciOut(b.clone())));
     let stop = Arc::new(AtomicBool::new(false));
     let mut line = Line(b.clone(), stop.clone());
     tclo::run(&mut line, &mut toolbox, &stop, &|_| {});
@@ -356,5 +334,5 @@ fn the_toolbox_loop_answers_the_vmx_through_the_backdoor() {
             b"tools.os.statechange.status 1 1\0".to_vec(),
         ]
     );
-    assert_eq!(*did.0.lock().unwrap(), ["SIGTERM false", "reload", "halt"]);
+    assert_eq!(did.take(), ["signal SIGTERM group=false", "reload", "halt"]);
 }
