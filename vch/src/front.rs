@@ -300,31 +300,26 @@ pub async fn serve(
     }
 }
 
-/// Connects to the unix socket `socket`, again for [`CONNECT_RETRY`] while it is refused.
-async fn connect_stream(socket: &std::path::Path) -> std::io::Result<tokio::net::UnixStream> {
-    let deadline = std::time::Instant::now() + CONNECT_RETRY;
-    loop {
-        match tokio::net::UnixStream::connect(socket).await {
-            Err(e)
-                if e.kind() == std::io::ErrorKind::ConnectionRefused
-                    && std::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            }
-            other => return other,
-        }
-    }
+/// A listener on `path` whose file appears only once it listens: bound under a temporary name,
+/// then renamed into place (bind(2) makes the file a moment before listen(2), and a client that
+/// watched for the file and connected in between was refused: a `vch run` once, in a bench run).
+/// A stale file at `path` is replaced.
+pub fn listen_at(path: &std::path::Path) -> std::io::Result<tokio::net::UnixListener> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    let tmp = std::path::PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    let listener = tokio::net::UnixListener::bind(&tmp)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(listener)
 }
-
-/// How long a refused connection to the control socket is tried again.
-const CONNECT_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Connects to a supervisor's control socket.
 pub async fn connect(socket: &std::path::Path) -> anyhow::Result<Handle> {
     use anyhow::Context as _;
     // The socket's file appears at bind(2), a moment before listen(2): a client that sees it in
     // between is refused (a `vch run` watching for it was, once in a bench run). Briefly again.
-    let stream = connect_stream(socket)
+    let stream = tokio::net::UnixStream::connect(socket)
         .await
         .with_context(|| format!("connecting to {}", socket.display()))?;
     let (handle, _task) = ssh::connect(stream, ssh::ClientConfig::new("vch"), ssh::NoHandler)
@@ -336,49 +331,28 @@ pub async fn connect(socket: &std::path::Path) -> anyhow::Result<Handle> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd as _;
 
     #[tokio::test]
-    async fn a_socket_bound_but_not_yet_listening_is_tried_again() {
-        use nix::sys::socket::{
-            bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
-        };
+    async fn the_control_socket_appears_only_once_it_listens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ctl.sock");
-        let fd = socket(
-            AddressFamily::Unix,
-            SockType::Stream,
-            SockFlag::empty(),
-            None,
-        )
-        .unwrap();
-        bind(fd.as_raw_fd(), &UnixAddr::new(&path).unwrap()).unwrap();
-        // Refused now: the file is there, nothing listens.
+        // A stale file from an earlier listener is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
         assert_eq!(
             std::os::unix::net::UnixStream::connect(&path)
                 .unwrap_err()
                 .kind(),
             std::io::ErrorKind::ConnectionRefused
         );
-        let listening = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            listen(&fd, Backlog::new(4).unwrap()).unwrap();
-            fd
-        });
-        connect_stream(&path).await.unwrap();
-        drop(listening.join().unwrap());
-        // A socket nobody ever listens on is given up soon.
-        let dead = dir.path().join("dead.sock");
-        let fd2 = socket(
-            AddressFamily::Unix,
-            SockType::Stream,
-            SockFlag::empty(),
-            None,
-        )
-        .unwrap();
-        bind(fd2.as_raw_fd(), &UnixAddr::new(&dead).unwrap()).unwrap();
-        let t = std::time::Instant::now();
-        assert!(connect_stream(&dead).await.is_err());
-        assert!(t.elapsed() < CONNECT_RETRY * 4);
+        let listener = listen_at(&path).unwrap();
+        // Whoever sees the file can connect at once.
+        tokio::net::UnixStream::connect(&path).await.unwrap();
+        listener.accept().await.unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ctl.sock"], "no temporary left");
     }
 }

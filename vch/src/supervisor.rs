@@ -72,8 +72,7 @@ async fn attach_lines(
         match crate::attach::connect(line, Duration::from_secs(600)).await {
             Ok(h) => {
                 tracing::info!("the tether is connected");
-                let _ = std::fs::remove_file(c.ctl_socket());
-                let ctl = tokio::net::UnixListener::bind(c.ctl_socket())?;
+                let ctl = crate::front::listen_at(&c.ctl_socket())?;
                 crate::front::serve(ctl, h, clients.clone(), tools.clone()).await;
                 let _ = std::fs::remove_file(c.ctl_socket());
                 tracing::info!("the tether's connection ended");
