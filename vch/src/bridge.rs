@@ -145,9 +145,7 @@ impl Network {
     }
 
     pub fn load(root: &Path, name: &str) -> anyhow::Result<Self> {
-        let file = networks_dir(root).join(name).join("network.json");
-        let text = std::fs::read(&file).map_err(|_| anyhow::anyhow!("no such network: {name}"))?;
-        Ok(serde_json::from_slice(&text)?)
+        crate::container::load_record(&networks_dir(root), name, "network.json", "network")
     }
 
     pub fn all(root: &Path) -> Vec<Self> {

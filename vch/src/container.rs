@@ -13,6 +13,19 @@ use tether_proto::guestinfo::vmx::VmxFile;
 
 use crate::network::{NetMode, PortSpec};
 
+/// The record `<dir>/<name>/<file>` (JSON) of a network or volume; a missing one is
+/// `no such <what>: <name>`.
+pub fn load_record<T: serde::de::DeserializeOwned>(
+    dir: &Path,
+    name: &str,
+    file: &str,
+    what: &str,
+) -> anyhow::Result<T> {
+    let text = std::fs::read(dir.join(name).join(file))
+        .map_err(|_| anyhow::anyhow!("no such {what}: {name}"))?;
+    Ok(serde_json::from_slice(&text)?)
+}
+
 /// Every record `load` reads from the entries of `dir` (those it cannot read are skipped),
 /// sorted by `key`: the networks and volumes of a state root.
 pub fn load_each<T, K: Ord>(

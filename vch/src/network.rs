@@ -31,6 +31,11 @@ pub enum NetMode {
     None,
 }
 
+/// A TCP or UDP port number, 1 to 65535.
+fn port_number(p: &str) -> Option<u16> {
+    p.parse::<u16>().ok().filter(|p| *p != 0)
+}
+
 /// A published port: `[IP:]HOSTPORT:CTRPORT[/tcp|udp]`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortSpec {
@@ -54,12 +59,7 @@ impl FromStr for PortSpec {
             None => (s, false),
         };
         let parts: Vec<&str> = ports.rsplitn(3, ':').collect();
-        let port = |p: &str| {
-            p.parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| bad("a port is 1 to 65535"))
-        };
+        let port = |p: &str| port_number(p).ok_or_else(|| bad("a port is 1 to 65535"));
         let (host_ip, host, ctr) = match parts.as_slice() {
             [ctr, host] => ("127.0.0.1".parse().unwrap(), *host, *ctr),
             [ctr, host, ip] => (
@@ -101,9 +101,7 @@ impl FromStr for HostPort {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let port = |p: &str| {
-            p.parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
+            port_number(p)
                 .ok_or_else(|| format!("bad host port {s:?}: want PORT or GUESTPORT:HOSTPORT"))
         };
         match s.split_once(':') {

@@ -83,9 +83,7 @@ impl Volume {
     }
 
     pub fn load(root: &Path, name: &str) -> anyhow::Result<Self> {
-        let file = volumes_dir(root).join(name).join("volume.json");
-        let text = std::fs::read(&file).map_err(|_| anyhow::anyhow!("no such volume: {name}"))?;
-        Ok(serde_json::from_slice(&text)?)
+        crate::container::load_record(&volumes_dir(root), name, "volume.json", "volume")
     }
 
     pub fn all(root: &Path) -> Vec<Self> {
