@@ -595,7 +595,7 @@ fn the_user_network_leases_an_address_reaches_the_host_and_publishes_a_port() {
          awk '{{print $4}}'; wget -q -O - http://10.0.2.100:{server_port}/; \
          mkdir -p /www && echo from the container > /www/index.html && exec httpd -f -p 8080 -h /www"
     );
-    let out = host.vch(&[
+    let id = host.ok(&[
         "run",
         "-d",
         "-p",
@@ -607,14 +607,7 @@ fn the_user_network_leases_an_address_reaches_the_host_and_publishes_a_port() {
         "-c",
         &script,
     ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}\n{}",
-        text(&out.stderr),
-        host.debug_log()
-    );
-    let id = text(&out.stdout).trim().to_string();
+    let id = id.trim().to_string();
     // The host fetches the container's page through the published port.
     let start = Instant::now();
     let page = loop {
@@ -1029,19 +1022,20 @@ fn an_nfs_volume_from_a_server_on_the_hosts_loopback() {
 #[test]
 fn exec_and_stop_go_through_the_vms_tools_as_vics_vch_does() {
     let Some(host) = Host::new() else { return };
-    let out = host.vch(&[
-        "run",
-        "-d",
-        "--net",
-        "none",
-        "--name",
-        "tools",
-        "--",
-        "/bin/sleep",
-        "1000",
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    let id = text(&out.stdout).trim().to_string();
+    let id = host
+        .ok(&[
+            "run",
+            "-d",
+            "--net",
+            "none",
+            "--name",
+            "tools",
+            "--",
+            "/bin/sleep",
+            "1000",
+        ])
+        .trim()
+        .to_string();
     let inspect = |host: &Host| -> serde_json::Value {
         serde_json::from_slice(&host.vch(&["inspect", "tools"]).stdout).unwrap()
     };
@@ -1055,11 +1049,9 @@ fn exec_and_stop_go_through_the_vms_tools_as_vics_vch_does() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let out = host.vch(&["exec", "tools", "--", "/bin/echo", "through the tools"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "through the tools\n");
-    let out = host.vch(&["stop", "tools"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = host.ok(&["exec", "tools", "--", "/bin/echo", "through the tools"]);
+    assert_eq!(out, "through the tools\n");
+    host.ok(&["stop", "tools"]);
     // The guest's tools did both (its debug log), asked by the supervisor (its log).
     let debug = host.debug_log();
     assert!(debug.contains("toolbox: reload"), "{debug}");
