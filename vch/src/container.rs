@@ -84,6 +84,9 @@ pub struct Meta {
     pub id: String,
     pub name: String,
     pub image: PathBuf,
+    /// The image as the user named it (docker's `Image`); empty for a disk named by path.
+    #[serde(default)]
+    pub image_ref: String,
     pub command: Vec<String>,
     pub tty: bool,
     pub boot: BootMode,
@@ -105,6 +108,17 @@ pub struct Meta {
     /// Its volumes, in the order of their disks (pvscsi targets 1, 2, ...).
     #[serde(default)]
     pub volumes: Vec<crate::volume::VolumeUse>,
+    /// When it was made (RFC 3339).
+    #[serde(default)]
+    pub created: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Seconds `stop` waits before SIGKILL (10 when absent).
+    #[serde(default)]
+    pub stop_timeout: Option<u64>,
+    /// Removed when it ends (docker's `--rm`, done by whoever serves the Docker API).
+    #[serde(default)]
+    pub auto_remove: bool,
 }
 
 impl Meta {
@@ -381,6 +395,44 @@ impl Container {
             && s.detail.stop_time >= s.detail.start_time;
         let failed = !s.started.is_empty() && s.started != "true";
         (exited || failed).then_some(s.exit_status)
+    }
+
+    /// Readies the guestinfo for a boot: the non-persistent keys go (as a VMX drops them at
+    /// power-off: the execs and their state), the primary session's state of an earlier run is
+    /// cleared, and whether its process waits for the first attach is set.
+    pub fn prepare_start(&self, attached: bool) -> anyhow::Result<()> {
+        let id = self.meta.id.clone();
+        let mut failure = None;
+        VmxFile::open(self.config_file())?.update(|kv| {
+            let gone: Vec<String> = kv
+                .iter()
+                .map(|(k, _)| k.to_string())
+                .filter(|k| k.ends_with(tether_proto::extraconfig::NON_PERSISTENT))
+                .collect();
+            for k in gone {
+                kv.remove(&k);
+            }
+            match ExecutorConfig::decode(kv) {
+                Ok((mut cfg, _)) => {
+                    if let Some(s) = cfg.sessions.get_mut(&id) {
+                        s.started.clear();
+                        s.exit_status = 0;
+                        s.detail.start_time = 0;
+                        s.detail.stop_time = 0;
+                        s.attach = attached;
+                        s.run_block = attached;
+                    }
+                    for (k, v) in cfg.encode() {
+                        kv.insert(k, v);
+                    }
+                }
+                Err(e) => failure = Some(e),
+            }
+        })?;
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
     }
 
     /// Adds an exec session to the guestinfo (the tether sees it at its next reload): the

@@ -11,6 +11,7 @@ pub mod front;
 pub mod guestinfo_server;
 pub mod image;
 pub mod logs;
+pub mod manage;
 pub mod network;
 pub mod output;
 pub mod qcow2;

@@ -4,11 +4,12 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 
 use super::{attach_to, connect_container, default_image, vm_ended, wait_for};
 use crate::cli::RunArgs;
-use crate::container::{executor_config, new_id, AttachLine, BootMode, Container, Meta, RunSpec};
+use crate::container::{Container, RunSpec};
+use crate::manage::{self, NewContainer, StartError};
 
 /// The image to boot: a VMDK as it is; a directory or tar made into one (cached by path and
 /// modification time); the default image.
@@ -42,8 +43,6 @@ fn image_for(root: &std::path::Path, image: Option<PathBuf>) -> anyhow::Result<P
 
 pub async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
     let image = image_for(&root, args.image)?;
-    let id = new_id();
-    let name = args.name.unwrap_or_else(|| id[..12].to_string());
     let command = if args.command.is_empty() {
         vec!["/hello".to_string()]
     } else {
@@ -53,155 +52,48 @@ pub async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
     let spec = RunSpec {
         debug: args.debug,
         debug_shell: args.debug_shell,
-        ..args.process.spec(Some(name.clone()), command.clone())
+        ..args.process.spec(args.name, command)
     };
-    let meta = Meta {
-        id: id.clone(),
-        name: name.clone(),
-        image,
-        command,
-        tty,
+    let new = NewContainer {
         boot: args.boot,
         memory_mib: args.memory,
         cmdline: args.cmdline,
         attach_line: args.attach_line,
-        net: args.net.unwrap_or(if args.networks.is_empty() {
-            crate::network::NetMode::User
-        } else {
-            crate::network::NetMode::None
-        }),
+        net: args.net,
+        networks: args.networks,
+        ip: args.ip,
+        aliases: args.network_aliases,
+        volumes: args.volumes,
         publish: args.publish,
         host_ports: args.host_ports,
-        networks: Vec::new(),
-        volumes: Vec::new(),
+        ..NewContainer::new(image, spec)
     };
-    let mut meta = meta;
-    // An address on each bridge network (--ip on the first), before the NICs are laid out.
-    let mut joined = Vec::new();
-    for (i, net) in args.networks.iter().enumerate() {
-        let n = crate::bridge::Network::load(&root, net)?;
-        let wanted = if i == 0 { args.ip } else { None };
-        let ip = n.allocate(&root, wanted)?;
-        meta.networks.push(crate::bridge::Attachment {
-            network: net.clone(),
-            ip,
-            aliases: args.network_aliases.clone(),
-        });
-        joined.push(n);
-    }
-    if meta.attach_line == AttachLine::Vsock && meta.boot == BootMode::Iso {
-        bail!("--attach-line vsock needs --boot kernel (the ISO's command line is fixed)");
-    }
-    crate::vm::check_assets(&crate::vm::assets_dir(), meta.boot)?;
-    // Volumes: made on first use (anonymous ones for this container), never on two running
-    // containerVMs at once.
-    for arg in args.volumes {
-        use crate::volume::{Volume, VolumeArg, VolumeUse, DEFAULT_MIB};
-        let u = match arg {
-            VolumeArg::Named {
-                name: v,
-                target,
-                read_only,
-            } => {
-                if Volume::load(&root, &v).is_err() {
-                    Volume::create(&root, &v, DEFAULT_MIB, None, false)?;
-                }
-                VolumeUse {
-                    name: v,
-                    target,
-                    read_only,
-                    nfs: None,
-                }
-            }
-            VolumeArg::Anonymous { target } => {
-                let v = new_id();
-                Volume::create(&root, &v, DEFAULT_MIB, None, true)?;
-                VolumeUse {
-                    name: v,
-                    target,
-                    read_only: false,
-                    nfs: None,
-                }
-            }
-            VolumeArg::Nfs {
-                host,
-                export,
-                target,
-                read_only,
-            } => VolumeUse {
-                name: format!("nfs{}", meta.volumes.len()),
-                target,
-                read_only,
-                nfs: Some(format!("nfs://{host}{export}")),
-            },
-        };
-        if u.nfs.is_none() {
-            let users = Volume::load(&root, &u.name)?.users(&root, true);
-            if !users.is_empty() {
-                bail!(
-                    "volume {} is in use by {} (a volume's disk is on one running containerVM at a time)",
-                    u.name,
-                    users.join(", ")
-                );
-            }
-        }
-        meta.volumes.push(u);
-    }
-    let mut cfg = executor_config(&id, &name, &spec);
-    for u in &meta.volumes {
-        let label = match &u.nfs {
-            None => crate::volume::Volume::load(&root, &u.name)?.label,
-            Some(_) => String::new(),
-        };
-        cfg.mounts
-            .insert(u.name.clone(), crate::volume::mount_spec(u, &label));
-    }
-    crate::network::add_endpoints(&mut cfg, meta.net, &meta.nics(), &meta.publish);
-    let c = Container::create(&root, meta, &cfg)?;
-    // The network's DHCP server reserves each NIC's address, and its DNS knows the names.
-    let nics = c.meta.nics();
-    for (n, a) in joined.iter().zip(&c.meta.networks) {
-        let nic = nics
-            .iter()
-            .find(|x| x.tap.as_deref() == Some(n.name.as_str()));
-        let mac = nic.map(|x| x.mac.clone()).unwrap_or_default();
-        n.register(&root, &c.meta.id, &mac, &name, a)?;
-    }
-    start_supervisor(&c)?;
-    let booted = wait_for(Duration::from_secs(180), || {
-        c.ctl_socket().exists() || !c.running()
-    })
-    .await;
-    if !booted || !c.ctl_socket().exists() {
-        let why = boot_failure(&c);
+    let c = manage::create(&root, new)?;
+    let (id, name) = (c.meta.id.clone(), c.meta.name.clone());
+    if let Err(e) = manage::boot(&c, !detach).await {
         if args.rm {
             wait_for(Duration::from_secs(10), || !c.running()).await;
             let _ = std::fs::remove_dir_all(&c.dir);
         }
-        bail!("{name} did not start: {why}");
+        return Err(e.into());
     }
     if let Some(t) = args.kill_after {
         spawn_stopper(&c, t)?;
     }
     if detach {
-        // As docker's run -d: back once the process has started (so that a kill or an exec
-        // right after finds it), or with the reason it could not.
-        let mut started = None;
-        wait_for(Duration::from_secs(180), || {
-            started = c.started();
-            started.is_some() || !c.vm_running()
-        })
-        .await;
-        match started.as_deref() {
-            Some("true") => {}
-            Some(why) => {
-                eprintln!("vch: {name}: {why}");
-                return Ok(c.exit_status().unwrap_or(125));
+        // As docker's run -d: back once the process has started, or with the reason it could
+        // not.
+        return match manage::launched(&c).await {
+            Ok(()) => {
+                println!("{id}");
+                Ok(0)
             }
-            None => bail!("{name} did not start: {}", boot_failure(&c)),
-        }
-        println!("{id}");
-        return Ok(0);
+            Err(StartError::Launch { why, status }) => {
+                eprintln!("vch: {name}: {why}");
+                Ok(status)
+            }
+            Err(e) => Err(e.into()),
+        };
     }
     let h = connect_container(&c).await?;
     let Some(mut status) = attach_to(&h, id, tty).await? else {
@@ -217,31 +109,6 @@ pub async fn run(root: PathBuf, args: RunArgs) -> anyhow::Result<i32> {
         let _ = std::fs::remove_dir_all(&c.dir);
     }
     Ok(status)
-}
-
-/// Starts `vch supervise DIR` in the background, in its own process group.
-fn start_supervisor(c: &Container) -> anyhow::Result<()> {
-    use std::os::unix::process::CommandExt as _;
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(c.supervisor_log())?;
-    let child = std::process::Command::new(std::env::current_exe()?)
-        .arg("supervise")
-        .arg(&c.dir)
-        .env(
-            "VCH_LOG",
-            std::env::var("VCH_LOG").unwrap_or_else(|_| "info".into()),
-        )
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .process_group(0)
-        .spawn()
-        .context("starting the supervisor")?;
-    // Its PID file may lag the first poll: write it here too.
-    std::fs::write(c.pid_file(), child.id().to_string())?;
-    Ok(())
 }
 
 /// `--kill-after`: a detached `vch stop` after the delay.
@@ -262,20 +129,4 @@ fn spawn_stopper(c: &Container, after: f64) -> anyhow::Result<()> {
         .spawn()
         .context("scheduling the stop")?;
     Ok(())
-}
-
-/// Why a containerVM ended before its tether connected: the last error of the debug port.
-fn boot_failure(c: &Container) -> String {
-    let debug = std::fs::read_to_string(c.debug_log()).unwrap_or_default();
-    let supervisor = std::fs::read_to_string(c.supervisor_log()).unwrap_or_default();
-    let line = debug
-        .lines()
-        .chain(supervisor.lines())
-        .rfind(|l| l.contains("ERROR") || l.contains("Error") || l.contains("error:"))
-        .map(str::to_string);
-    match line {
-        Some(l) => l,
-        None if c.running() => "no tether connected within 180 s".into(),
-        None => format!("the VM stopped; see {}", c.debug_log().display()),
-    }
 }
