@@ -92,7 +92,18 @@ impl LineFramer {
 
 /// Decodes a whole log. Bytes that do not start a valid header are skipped one at a time, as VIC's
 /// reader resynchronises; a last entry cut short keeps the bytes that are there.
-pub fn decode(mut bytes: &[u8]) -> Vec<Entry> {
+pub fn decode(bytes: &[u8]) -> Vec<Entry> {
+    decode_from(bytes, true).0
+}
+
+/// Decodes the complete entries at the start of `bytes` (a log still being written); how many
+/// bytes they took. The rest (an entry cut short) is for a later call with more bytes.
+pub fn decode_complete(bytes: &[u8]) -> (Vec<Entry>, usize) {
+    decode_from(bytes, false)
+}
+
+fn decode_from(mut bytes: &[u8], keep_partial: bool) -> (Vec<Entry>, usize) {
+    let total = bytes.len();
     let mut out = Vec::new();
     while bytes.len() >= HEADER_B64 {
         let Some((time_nanos, word)) = header(&bytes[..HEADER_B64]) else {
@@ -101,6 +112,9 @@ pub fn decode(mut bytes: &[u8]) -> Vec<Entry> {
         };
         let size = usize::from(word >> 4);
         let body = &bytes[HEADER_B64..];
+        if !keep_partial && body.len() < size {
+            break;
+        }
         let take = size.min(body.len());
         out.push(Entry {
             time_nanos,
@@ -114,7 +128,7 @@ pub fn decode(mut bytes: &[u8]) -> Vec<Entry> {
         });
         bytes = &body[take..];
     }
-    out
+    (out, total - bytes.len())
 }
 
 fn header(b64: &[u8]) -> Option<(u64, u16)> {
@@ -133,6 +147,23 @@ fn header(b64: &[u8]) -> Option<(u64, u16)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decode_complete_leaves_an_entry_cut_short_for_later() {
+        let mut log = Vec::new();
+        encode_entry(&mut log, 1, Stream::Stdout, false, b"one\n");
+        let first = log.len();
+        encode_entry(&mut log, 2, Stream::Stderr, false, b"two\n");
+        for cut in [first, first + 3, log.len() - 1] {
+            let (entries, used) = decode_complete(&log[..cut]);
+            assert_eq!(used, first, "cut at {cut}");
+            assert_eq!(entries.len(), 1);
+            assert_eq!(entries[0].data, b"one\n");
+        }
+        let (entries, used) = decode_complete(&log);
+        assert_eq!((entries.len(), used), (2, log.len()));
+        assert_eq!(entries[1].stream, Stream::Stderr);
+    }
 
     #[test]
     fn golden_entry_from_vic() {

@@ -273,7 +273,7 @@ pub async fn attach(h: &Handle, opts: &AttachOptions) -> anyhow::Result<Option<i
 }
 
 /// `exit-status` gives the code; `exit-signal` 128 + the signal's number.
-fn exit_status(name: &str, data: &[u8]) -> Option<i32> {
+pub fn exit_status(name: &str, data: &[u8]) -> Option<i32> {
     let mut r = wire::Reader::new(data);
     match name {
         "exit-status" => r.u32().ok().map(|c| c as i32),

@@ -125,6 +125,13 @@ pub enum Command {
         #[arg(long)]
         execs: bool,
     },
+    /// Serve the Docker Engine API (1.41) on the same containerVMs: the docker CLI then runs
+    /// them (`DOCKER_HOST=unix://...`).
+    Serve {
+        /// unix:PATH or tcp:IP:PORT (default: unix:<state root>/docker.sock, mode 0660).
+        #[arg(long)]
+        docker: Option<crate::docker::Endpoint>,
+    },
     /// (internal) Run a containerVM's supervisor in the foreground.
     #[command(hide = true)]
     Supervise { dir: PathBuf },
@@ -254,8 +261,12 @@ pub enum ImageCommand {
         #[arg(long, default_value = crate::image::LABEL)]
         label: String,
     },
-    /// Build the built-in default image (busybox and /hello) and print its path.
-    Default,
+    /// Build the built-in default image (busybox and /hello) and print its path; with --tree,
+    /// write its files into DIR instead (to make a docker image of them).
+    Default {
+        #[arg(long)]
+        tree: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -250,6 +250,10 @@ impl Container {
     pub fn supervisor_log(&self) -> PathBuf {
         self.dir.join("supervisor.log")
     }
+    /// When it was last booted (RFC 3339, the host's clock).
+    pub fn started_at_file(&self) -> PathBuf {
+        self.dir.join("started.at")
+    }
     pub fn pid_file(&self) -> PathBuf {
         self.dir.join("supervisor.pid")
     }

@@ -152,6 +152,16 @@ pub fn ensure_default(out: &Path) -> anyhow::Result<()> {
     eprintln!("vch: building the default image {}", out.display());
     let work = tempfile::Builder::new().prefix("vch-default").tempdir()?;
     let root = work.path().join("rootfs");
+    default_tree(&root)?;
+    build(&root, out, LABEL)?;
+    std::fs::write(stamp_path, stamp)?;
+    Ok(())
+}
+
+/// The default image's files (busybox with its applets, `/hello`, a passwd and group) written
+/// under `root`: also what a test turns into a `docker save` tar.
+pub fn default_tree(root: &Path) -> anyhow::Result<()> {
+    let busybox = Path::new("/bin/busybox");
     for d in [
         "bin", "etc", "dev", "proc", "sys", "tmp", "root", "home", "var",
     ] {
@@ -164,6 +174,7 @@ pub fn ensure_default(out: &Path) -> anyhow::Result<()> {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
         }
     }
+    let work = tempfile::Builder::new().prefix("vch-hello").tempdir()?;
     let src = work.path().join("hello.c");
     std::fs::write(&src, HELLO_C)?;
     let cc = if Command::new("musl-gcc").arg("--version").output().is_ok() {
@@ -189,7 +200,5 @@ pub fn ensure_default(out: &Path) -> anyhow::Result<()> {
     )?;
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(root.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
-    build(&root, out, LABEL)?;
-    std::fs::write(stamp_path, stamp)?;
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod config_cmd;
 pub mod container;
+pub mod docker;
 pub mod forward;
 pub mod front;
 pub mod guestinfo_server;

@@ -114,7 +114,10 @@ fn main() -> ExitCode {
             output,
             label,
         }) => vch::image::build(&from, &output, &label),
-        Command::Image(ImageCommand::Default) => {
+        Command::Image(ImageCommand::Default { tree: Some(dir) }) => {
+            vch::image::default_tree(&dir).map(|()| println!("{}", dir.display()))
+        }
+        Command::Image(ImageCommand::Default { tree: None }) => {
             let p = default_image();
             vch::image::ensure_default(&p).map(|()| println!("{}", p.display()))
         }
@@ -122,6 +125,16 @@ fn main() -> ExitCode {
             vch::guestinfo_server::serve_file(file, &listen)
         }
         Command::Supervise { dir } => vch::supervisor::supervise(&dir),
+        Command::Serve { docker } => {
+            let at =
+                docker.unwrap_or_else(|| vch::docker::Endpoint::Unix(root.join("docker.sock")));
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(vch::docker::serve(root, at)))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -79,7 +79,11 @@ pub fn now_rfc3339() -> String {
 /// networks, its config and disk. Nothing runs yet.
 pub fn create(root: &Path, new: NewContainer) -> anyhow::Result<Container> {
     let id = new_id();
-    let name = new.spec.name.clone().unwrap_or_else(|| id[..12].to_string());
+    let name = new
+        .spec
+        .name
+        .clone()
+        .unwrap_or_else(|| id[..12].to_string());
     if new.attach_line == AttachLine::Vsock && new.boot == BootMode::Iso {
         bail!("--attach-line vsock needs --boot kernel (the ISO's command line is fixed)");
     }
@@ -236,6 +240,7 @@ pub enum StartError {
 /// output is missed. Returns once the tether is connected.
 pub async fn boot(c: &Container, attached: bool) -> Result<(), StartError> {
     c.prepare_start(attached)?;
+    std::fs::write(c.started_at_file(), now_rfc3339()).context("recording the start")?;
     start_supervisor(c)?;
     let booted = wait_for(Duration::from_secs(180), || {
         c.ctl_socket().exists() || !c.running()
@@ -376,6 +381,37 @@ pub fn remove(root: &Path, c: &Container, force: bool, volumes: bool) -> anyhow:
                 crate::volume::Volume::remove(root, &u.name)?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Starts an exec in a running containerVM as VIC's VCH does: the session added to its config,
+/// a `reload` through the VM's tools (else over the attach line `h`), then the wait for the
+/// tether to list it.
+pub async fn start_exec(
+    c: &Container,
+    h: &ssh::Handle,
+    exec_id: &str,
+    session: &tether_proto::config::SessionConfig,
+) -> anyhow::Result<()> {
+    c.add_exec(exec_id, session)?;
+    if !crate::commands::tools_program(c, "reload", "").await
+        && h.global_request("reload", true, Vec::new())
+            .await?
+            .is_none()
+    {
+        bail!("the tether refused the reload");
+    }
+    let start = std::time::Instant::now();
+    while !crate::attach::container_ids(h)
+        .await?
+        .iter()
+        .any(|i| i == exec_id)
+    {
+        if start.elapsed() > Duration::from_secs(30) {
+            bail!("the tether did not start the exec within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(())
 }
