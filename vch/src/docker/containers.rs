@@ -242,6 +242,35 @@ fn new_container(
             });
         }
     }
+    // -P: every exposed port (the image's and the request's) not bound above, on a free port.
+    if hc.publish_all_ports.unwrap_or(false) {
+        let exposed = cfg
+            .exposed_ports
+            .iter()
+            .chain(img.exposed_ports.iter())
+            .flat_map(|m| m.keys().cloned())
+            .collect::<std::collections::BTreeSet<_>>();
+        for port in exposed {
+            let (num, proto) = port.split_once('/').unwrap_or((&port, "tcp"));
+            let Ok(container_port) = num.parse::<u16>() else {
+                continue;
+            };
+            let udp = proto == "udp";
+            if new
+                .publish
+                .iter()
+                .any(|p| p.container_port == container_port && p.udp == udp)
+            {
+                continue;
+            }
+            new.publish.push(PortSpec {
+                host_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+                host_port: free_port()?,
+                container_port,
+                udp,
+            });
+        }
+    }
     // Volumes: named ones by `-v NAME:/p` (Binds) or Mounts, anonymous ones by `-v /p`
     // (Config.Volumes) and the image's declared volumes.
     for b in hc.binds.clone().unwrap_or_default() {
@@ -418,10 +447,11 @@ pub fn watch_exit(api: &Arc<Api>, c: &Container) {
         if c.meta.auto_remove {
             let root = api.root.clone();
             let id = c.meta.id.clone();
+            let a = attrs(&c);
             let gone =
                 tokio::task::spawn_blocking(move || manage::remove(&root, &c, true, true)).await;
             match gone {
-                Ok(Ok(())) => event(&api, "container", "destroy", &id, HashMap::new()),
+                Ok(Ok(())) => event(&api, "container", "destroy", &id, a),
                 Ok(Err(e)) => tracing::warn!("removing {id}: {e:#}"),
                 Err(e) => tracing::warn!("removing {id}: {e}"),
             }
@@ -522,6 +552,13 @@ pub async fn wait(api: &Arc<Api>, id: &str, req: &Request<Incoming>) -> ApiResul
     Ok(resp)
 }
 
+/// Waits (briefly) for the watcher to have recorded an exit after `seen`: so that `die` comes
+/// before `stop` or `destroy`, as docker sends them.
+async fn exit_recorded(api: &Arc<Api>, c: &Container, seen: u64) {
+    let mut rx = exits(api, &c.meta.id);
+    let _ = tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|e| e.count > seen)).await;
+}
+
 /// A container running without this server's watcher (started by `vch run`) gets one.
 fn ensure_watched(api: &Arc<Api>, c: &Container) {
     let watched = api.exits.lock().expect("exits").contains_key(&c.meta.id);
@@ -583,7 +620,9 @@ pub async fn stop(api: &Arc<Api>, id: &str, req: &Request<Incoming>) -> ApiResul
         .or(c.meta.stop_timeout)
         .unwrap_or(10);
     ensure_watched(api, &c);
+    let seen = exits(api, &c.meta.id).borrow().count;
     manage::stop(&c, Duration::from_secs(t)).await?;
+    exit_recorded(api, &c, seen).await;
     event(api, "container", "stop", &c.meta.id, attrs(&c));
     empty(StatusCode::NO_CONTENT)
 }
@@ -638,9 +677,27 @@ pub async fn remove(api: &Arc<Api>, id: &str, req: &Request<Incoming>) -> ApiRes
             c.meta.id
         )));
     }
+    let was_running = c.vm_running();
+    let seen = exits(api, &c.meta.id).borrow().count;
+    if was_running {
+        ensure_watched(api, &c);
+    }
     let root = api.root.clone();
     let id = c.meta.id.clone();
     let a = attrs(&c);
+    let dir = c.dir.clone();
+    if was_running {
+        // The VM goes first (its `die`), then the state.
+        if let Some(pid) = c.supervisor() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        crate::commands::vm_ended(&c, Duration::from_secs(15)).await;
+        exit_recorded(api, &c, seen).await;
+    }
+    let c = Container::open(&dir)?;
     tokio::task::spawn_blocking(move || manage::remove(&root, &c, force, volumes))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
@@ -1172,6 +1229,98 @@ mod tests {
                 stream::frame(stream::STDOUT, b"next"),
             ]
         );
+    }
+
+    fn image(cfg: serde_json::Value) -> crate::docker::images::Image {
+        crate::docker::images::Image {
+            id: "sha256:ab".into(),
+            tags: vec!["img:latest".into()],
+            created: String::new(),
+            config: serde_json::from_value(cfg).unwrap(),
+            size: 0,
+        }
+    }
+
+    fn body(v: serde_json::Value) -> CreateBody {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn docker_config_over_the_image_config() {
+        let api = Api::new("/state".into());
+        let img = image(serde_json::json!({
+            "Entrypoint": ["/ep"], "Cmd": ["a"], "Env": ["A=1", "B=1"], "WorkingDir": "/w",
+            "ExposedPorts": { "80/tcp": {} }, "Volumes": { "/data": {} }, "StopSignal": "SIGQUIT",
+        }));
+        // The image's entrypoint with the request's cmd; env merged, the request's last.
+        let b = body(serde_json::json!({
+            "Image": "img", "Cmd": ["b", "c"], "Env": ["B=2"], "Tty": true, "OpenStdin": true,
+            "AttachStdout": true, "HostConfig": { "PublishAllPorts": true, "AutoRemove": true },
+        }));
+        let n = new_container(&api, &b, &img, Some("x".into())).unwrap();
+        assert_eq!(n.spec.command, ["/ep", "b", "c"]);
+        assert_eq!(n.spec.env, ["A=1", "B=1", "B=2"]);
+        assert_eq!(n.spec.workdir.as_deref(), Some("/w"));
+        assert!(n.spec.tty && n.spec.interactive && n.spec.attached && n.auto_remove);
+        assert_eq!(n.stop_signal.as_deref(), Some("SIGQUIT"));
+        assert_eq!(
+            n.image,
+            std::path::Path::new("/state/image-store/ab/disk.vmdk")
+        );
+        assert_eq!(n.publish.len(), 1);
+        assert_eq!(n.publish[0].container_port, 80);
+        assert_eq!(
+            n.volumes,
+            [VolumeArg::Anonymous {
+                target: "/data".into()
+            }]
+        );
+        // A request's entrypoint drops the image's cmd.
+        let b = body(serde_json::json!({ "Image": "img", "Entrypoint": ["/other"] }));
+        assert_eq!(
+            new_container(&api, &b, &img, None).unwrap().spec.command,
+            ["/other"]
+        );
+    }
+
+    #[test]
+    fn networks_ports_and_volumes_as_a_containervm_takes_them() {
+        let api = Api::new("/state".into());
+        let img = image(serde_json::json!({ "Cmd": ["/hello"] }));
+        let b = body(serde_json::json!({
+            "Image": "img",
+            "HostConfig": {
+                "NetworkMode": "front",
+                "PortBindings": { "80/tcp": [{ "HostIp": "", "HostPort": "8080" }] },
+                "Binds": ["vol:/d:ro"],
+                "Mounts": [{ "Type": "volume", "Source": "v2", "Target": "/e" }],
+            },
+            "NetworkingConfig": { "EndpointsConfig": { "front": {
+                "Aliases": ["svc"], "IPAMConfig": { "IPv4Address": "10.89.1.9" } } } },
+        }));
+        let n = new_container(&api, &b, &img, None).unwrap();
+        assert_eq!(n.networks, ["front"]);
+        assert_eq!(n.net, Some(NetMode::None));
+        assert_eq!(n.aliases, ["svc"]);
+        assert_eq!(n.ip, Some("10.89.1.9".parse().unwrap()));
+        assert_eq!(n.publish[0].host_port, 8080);
+        assert_eq!(n.publish[0].host_ip.to_string(), "127.0.0.1");
+        assert_eq!(n.volumes.len(), 2);
+        let refused = |hc: serde_json::Value| {
+            let b = body(serde_json::json!({ "Image": "img", "HostConfig": hc }));
+            new_container(&api, &b, &img, None).unwrap_err().message
+        };
+        assert!(refused(serde_json::json!({ "NetworkMode": "host" })).contains("network stack"));
+        assert!(refused(serde_json::json!({ "Binds": ["/etc:/e"] })).contains("host directory"));
+        let none =
+            body(serde_json::json!({ "Image": "img", "HostConfig": { "NetworkMode": "none" } }));
+        assert_eq!(
+            new_container(&api, &none, &img, None).unwrap().net,
+            Some(NetMode::None)
+        );
+        let nocmd = image(serde_json::json!({}));
+        let b = body(serde_json::json!({ "Image": "img" }));
+        assert!(new_container(&api, &b, &nocmd, None).is_err());
     }
 
     #[test]

@@ -272,7 +272,7 @@ pub async fn serve(root: PathBuf, at: Endpoint) -> anyhow::Result<()> {
                 .with_context(|| format!("listening on {}", path.display()))?;
             use std::os::unix::fs::PermissionsExt as _;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))?;
-            tracing::info!("the Docker API on unix://{}", path.display());
+            eprintln!("vch: the Docker API on unix://{}", path.display());
             loop {
                 let (s, _) = l.accept().await?;
                 spawn_connection(api.clone(), s);
@@ -282,7 +282,7 @@ pub async fn serve(root: PathBuf, at: Endpoint) -> anyhow::Result<()> {
             let l = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("listening on {addr}"))?;
-            tracing::info!("the Docker API on tcp://{}", l.local_addr()?);
+            eprintln!("vch: the Docker API on tcp://{}", l.local_addr()?);
             loop {
                 let (s, _) = l.accept().await?;
                 let _ = s.set_nodelay(true);

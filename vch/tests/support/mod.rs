@@ -1,0 +1,3 @@
+//! Helpers the tests share (also used by the end-to-end tests in `tests/`).
+
+pub mod save_tar;
