@@ -92,7 +92,27 @@ impl Agent {
     /// Runs until the primary session ends or a stop is asked for. A config that cannot be read
     /// at the start is returned as an error (the caller reports it and stops).
     pub async fn run(mut self) -> Result<Ending, String> {
-        self.reload().await?;
+        if let Err(e) = self.reload().await {
+            // The host learns why from the primary's state, as for a launch that failed.
+            if let Some(id) = self.ctx.gi.container_id().await {
+                let why = format!("the config cannot be read: {e}");
+                self.ctx.publish(
+                    "the primary's failure",
+                    gi::failed_state(SessionKind::Session, &id, 125, &why),
+                );
+                self.ctx.gi.sync().await;
+            }
+            return Err(e);
+        }
+        // Nothing would ever end the container: say so and stop, as for an unreadable config.
+        if self.primary_id().is_none() {
+            self.shutdown().await;
+            return Err(format!(
+                "the config names no session to run ({} sessions, container ID {:?})",
+                self.cfg.sessions.len(),
+                self.cfg.common.id
+            ));
+        }
         let ending = loop {
             tokio::select! {
                 ev = self.events.recv() => match ev {
@@ -139,6 +159,14 @@ impl Agent {
                 self.cfg
                     .execs
                     .iter()
+                    .filter(|(id, _)| {
+                        // An exec may not take a session's ID (it would replace its config).
+                        let clash = self.cfg.sessions.contains_key(*id);
+                        if clash {
+                            tracing::warn!(exec = %id, "an exec with a session's ID; ignored");
+                        }
+                        !clash
+                    })
                     .map(|(id, s)| (id.clone(), SessionKind::Exec, s.clone())),
             )
             .collect();

@@ -121,12 +121,14 @@ pub fn pci_device_present(sys: &Path, vendor: u16, devices: &[u16]) -> bool {
 
 /// Runs the tether in process mode. Returns the process exit status.
 pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
-    let gi = open_guestinfo(&opts.guestinfo)?;
     let debug_out: Box<dyn Write + Send> = match &opts.debug_log {
         Some(p) => Box::new(open_log(p)?),
         None => Box::new(std::io::stderr()),
     };
     let level = logging::init(debug_out);
+    // What ends the tether is in its debug log too, where the host reads it.
+    let gi = open_guestinfo(&opts.guestinfo)
+        .inspect_err(|e| tracing::error!("guestinfo {}: {e:#}", opts.guestinfo))?;
     let output = opts.output_log.as_deref().map(open_log).transpose()?;
     if let Err(e) = crate::sys::become_subreaper() {
         tracing::warn!("cannot become a subreaper ({e}); orphans go to the real init");
@@ -139,7 +141,8 @@ pub fn run(opts: RunOptions) -> anyhow::Result<i32> {
         ..Settings::default()
     };
     let output = output.map(|f| -> LogOpener { Box::new(move || Some(Box::new(f))) });
-    let ending = serve(gi, output, level, settings, None)?;
+    let ending = serve(gi, output, level, settings, None)
+        .inspect_err(|e| tracing::error!("stopping: {e:#}"))?;
     tracing::info!("tether done: {ending:?}");
     Ok(0)
 }

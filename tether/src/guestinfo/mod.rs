@@ -21,6 +21,8 @@ type Decoded = Result<(ExecutorConfig, Vec<String>), String>;
 
 enum Request {
     Decode(Box<ExecutorConfig>, oneshot::Sender<Decoded>),
+    /// Only the container's ID (`common/id`), for a config that cannot be read whole.
+    DecodeId(oneshot::Sender<Option<String>>),
     /// Keys to write, and what they are (for the debug log when writing fails).
     Write(Vec<(String, String)>, String),
     /// Answered once everything queued before it is done.
@@ -59,6 +61,16 @@ impl Guestinfo {
                                 })
                                 .map(|warnings| (*cfg, warnings));
                             let _ = reply.send(result);
+                        }
+                        Request::DecodeId(reply) => {
+                            let mut common = tether_proto::config::Common::default();
+                            let at = Path::root().field("common");
+                            let id =
+                                extraconfig::decode(&mut common, &at, &mut AsSource(gi.as_mut()))
+                                    .ok()
+                                    .map(|_| common.id)
+                                    .filter(|id| !id.is_empty());
+                            let _ = reply.send(id);
                         }
                         Request::Sync(done) => {
                             let _ = done.send(());
@@ -101,6 +113,14 @@ impl Guestinfo {
             .map_err(|_| "the guestinfo thread is gone".to_string())?;
         rx.await
             .map_err(|_| "the guestinfo thread is gone".to_string())?
+    }
+
+    /// The container's ID alone (its session is the primary), when the whole config cannot be
+    /// read.
+    pub async fn container_id(&self) -> Option<String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Request::DecodeId(tx)).ok()?;
+        rx.await.ok().flatten()
     }
 
     /// Queues `pairs` to be written in order after everything queued before (keys the host owns
