@@ -8,6 +8,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -404,4 +405,484 @@ fn check(
             Ok(())
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Process storms
+
+/// The tether's open descriptors and resident memory (KiB).
+fn fds_and_rss(pid: i32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    (fds, rss)
+}
+
+/// The tether's children (its sessions, and orphans not reaped yet).
+fn children(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("children"))
+                .unwrap_or_default()
+                .split_whitespace()
+                .count()
+        })
+        .sum()
+}
+
+/// A pids cgroup (v1 or v2) holding at most `max` tasks, for the fork bomb; `None` where this
+/// machine has none to give.
+struct PidsLimit(std::path::PathBuf);
+
+impl PidsLimit {
+    fn new(max: u32) -> Option<Self> {
+        let name = format!("tether-reliability-{}", std::process::id());
+        for base in ["/sys/fs/cgroup/pids", "/sys/fs/cgroup"] {
+            let dir = Path::new(base).join(&name);
+            if std::fs::create_dir(&dir).is_ok() {
+                if std::fs::write(dir.join("pids.max"), max.to_string()).is_ok() {
+                    return Some(Self(dir));
+                }
+                let _ = std::fs::remove_dir(&dir);
+            }
+        }
+        None
+    }
+    fn add(&self, pid: i32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for PidsLimit {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+const STORM: &str = r#"
+my ($d, $n, $bomb) = @ARGV;
+sub waitfile { my $f = shift; until (-e $f) { select(undef, undef, undef, 0.01) } }
+waitfile("$d/go");
+# Children, each status checked by its parent.
+my $bad = 0;
+for my $i (1..$n) {
+    my $p = fork; die "fork: $!" unless defined $p;
+    if (!$p) { exit($i % 256) }
+    waitpid($p, 0);
+    $bad++ if ($? >> 8) != $i % 256;
+}
+# Orphans: each grandchild outlives its parent and goes to PID 1.
+pipe(R, W);
+for (1..$n) {
+    my $p = fork; die "fork: $!" unless defined $p;
+    if (!$p) { close R; exit 0 if fork; exit 0 }
+    waitpid($p, 0);
+}
+close W; <R>;
+# A fork bomb in a process group of its own, held by the pids limit, killed after 3 s.
+if ($bomb) {
+    my $b = fork;
+    if (!$b) { setpgrp(0, 0); while (1) { fork } }
+    sleep 3;
+    kill 'KILL', -$b;
+    waitpid($b, 0);
+}
+open F, ">$d/done.tmp"; print F "bad=$bad\n"; close F; rename "$d/done.tmp", "$d/done";
+waitfile("$d/exit");
+exit 42;
+"#;
+
+#[test]
+fn process_storms_and_a_signal_flood_lose_no_status_and_leak_nothing() {
+    let mut row = Row::new("process storms");
+    let n = size(10_000, 1_000);
+    let signals = size(10_000, 2_000);
+    let h = Harness::new(&config(&["/bin/true"]));
+    let dir = h.dir.path().display().to_string();
+    let limit = PidsLimit::new(256);
+    let bomb = if limit.is_some() { "1" } else { "0" };
+    h.update(|c| {
+        let s = c.sessions.get_mut(ID).unwrap();
+        s.cmd.path = "/usr/bin/perl".into();
+        s.cmd.args = ["perl", "-e", STORM, &dir, &n.to_string(), bomb]
+            .map(String::from)
+            .to_vec();
+    });
+    let Some(mut unshare) = spawn_as_pid1(&h, &[]) else {
+        return;
+    };
+    let tether = tether_pid(&unshare);
+    if let Some(l) = &limit {
+        l.add(unshare.id() as i32);
+        l.add(tether);
+    }
+    // Settled: the session runs and waits for the go.
+    wait_until(Duration::from_secs(60), "the session", || {
+        children(tether) == 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (fds0, rss0) = fds_and_rss(tether);
+    std::fs::write(h.path("go"), "").unwrap();
+    // Signals at PID 1 while the storms run: the ones it handles by reloading, and ones it
+    // has no use for.
+    use nix::sys::signal::Signal::*;
+    let kinds = [SIGHUP, SIGCHLD, SIGWINCH, SIGALRM, SIGPIPE, SIGURG, SIGCONT];
+    for i in 0..signals {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(tether), kinds[i % kinds.len()]);
+    }
+    row.faults += signals;
+    wait_until(Duration::from_secs(600), "the storms", || {
+        h.path("done").exists()
+    });
+    let done = std::fs::read_to_string(h.path("done")).unwrap();
+    // Every orphan reaped: only the session is left.
+    wait_until(Duration::from_secs(60), "the orphans to be reaped", || {
+        children(tether) == 1
+    });
+    let (fds1, rss1) = fds_and_rss(tether);
+    std::fs::write(h.path("exit"), "").unwrap();
+    let status = wait(&mut unshare, Duration::from_secs(60), &h.debug_text());
+    let debug = h.debug_text();
+    let orphans: usize = debug
+        .lines()
+        .rev()
+        .find_map(|l| l.split("orphans=").nth(1))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let primary = h.state().sessions[ID].clone();
+    // Cases: the children's statuses, the orphans, the bomb, the flood, the session's status,
+    // the fds and the memory.
+    row.cases = 5;
+    row.faults += 2 * n;
+    if crashed(status, &debug) {
+        row.crashes += 1;
+    }
+    if done.trim() == "bad=0" {
+        row.passed += 1;
+    }
+    if orphans >= n {
+        row.passed += 1;
+    }
+    if primary.exit_status == 42 && primary.started == "true" {
+        row.passed += 1;
+    }
+    if fds1 == fds0 {
+        row.passed += 1;
+    } else {
+        row.leaks += 1;
+    }
+    // Memory back to its start: within 512 KiB (what the allocator keeps for reuse).
+    if rss1 <= rss0 + 512 {
+        row.passed += 1;
+    } else {
+        row.leaks += 1;
+    }
+    row.notes = format!(
+        "{n} children and {n} orphans{}, {signals} signals at PID 1; orphans reaped {orphans}; \
+         fds {fds0} -> {fds1}; RSS {rss0} -> {rss1} KiB; {done}",
+        if limit.is_some() {
+            ", a fork bomb held at 256 pids for 3 s"
+        } else {
+            " (no pids cgroup here: no fork bomb)"
+        },
+    );
+    eprintln!("{}", row.notes);
+    assert_eq!(done.trim(), "bad=0", "{}", row.notes);
+    assert!(orphans >= n, "{}", row.notes);
+    assert_eq!(primary.exit_status, 42, "{}", row.notes);
+    row.finish();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shutdown
+
+/// A session that ignores its stop signal and writes numbered lines both to its output and to
+/// a file of its own (so that the output log can be checked for every line written).
+fn stubborn(tag: &str, file: &Path, then_exit: Option<u32>) -> Vec<String> {
+    let ending = match then_exit {
+        Some(code) => format!("[ $i -ge 20 ] && exit {code};"),
+        None => String::new(),
+    };
+    let script = format!(
+        "trap '' TERM; i=0; while :; do i=$((i+1)); echo {tag} $i; echo {tag} $i >> {f}; \
+         {ending} sleep 0.05; done",
+        f = file.display()
+    );
+    ["/bin/sh", "-c", &script].map(String::from).to_vec()
+}
+
+/// Every line the session wrote to its file is in the output log, in order; the bytes checked.
+fn log_holds_every_line(h: &Harness, file: &Path, exec: bool) -> Result<usize, String> {
+    let written = std::fs::read_to_string(file).unwrap_or_default();
+    let logged: Vec<u8> = h
+        .log()
+        .into_iter()
+        .filter(|e| e.exec == exec)
+        .flat_map(|e| e.data)
+        .collect();
+    let logged = String::from_utf8_lossy(&logged);
+    let (w, l): (Vec<&str>, Vec<&str>) = (written.lines().collect(), logged.lines().collect());
+    if w.is_empty() {
+        return Err(format!("{} holds nothing", file.display()));
+    }
+    let bytes = written.len();
+    if l.len() < w.len() || l[..w.len()] != w[..] {
+        return Err(format!(
+            "{} lines written, the log has {} (first difference at {:?})",
+            w.len(),
+            l.len(),
+            w.iter().zip(&l).position(|(a, b)| a != b)
+        ));
+    }
+    Ok(bytes)
+}
+
+#[test]
+fn shutdown_by_sigterm_sigpwr_or_the_primarys_end_is_bounded_and_complete() {
+    let mut row = Row::new("shutdown");
+    let stop = Duration::from_secs(2);
+    // Bound on top of the stop timeout: the group kill, the drain, the state written.
+    let bound = Duration::from_secs(3);
+    let mut failures = Vec::new();
+    for how in ["SIGTERM", "SIGPWR", "primary exits"] {
+        row.cases += 1;
+        row.faults += 1;
+        let h = Harness::new(&config(&["/bin/true"]));
+        let (pf, ef) = (h.path("primary.lines"), h.path("exec.lines"));
+        let primary_exit = (how == "primary exits").then_some(5);
+        h.update(|c| {
+            let s = c.sessions.get_mut(ID).unwrap();
+            s.cmd.args = stubborn("p", &pf, primary_exit);
+            s.cmd.path = "/bin/sh".into();
+            let mut e = session(&["/bin/true"]);
+            e.cmd.args = stubborn("e", &ef, None);
+            e.cmd.path = "/bin/sh".into();
+            e.common.id = "e1".into();
+            c.execs.insert("e1".into(), e);
+        });
+        let Some(mut unshare) =
+            spawn_as_pid1(&h, &["--stop-timeout", "2", "--drain-timeout", "0.5"])
+        else {
+            return;
+        };
+        let tether = tether_pid(&unshare);
+        wait_until(Duration::from_secs(60), "both sessions", || {
+            std::fs::read_to_string(&ef).is_ok_and(|t| t.lines().count() >= 3)
+        });
+        let t0 = Instant::now();
+        match how {
+            "SIGTERM" => send_signal_pid(tether, libc::SIGTERM),
+            "SIGPWR" => send_signal_pid(tether, libc::SIGPWR),
+            _ => {}
+        }
+        let status = wait(&mut unshare, Duration::from_secs(60), &h.debug_text());
+        let took = t0.elapsed();
+        let debug = h.debug_text();
+        if crashed(status, &debug) {
+            row.crashes += 1;
+            failures.push(format!("{how}: crashed"));
+            continue;
+        }
+        let state = h.state();
+        let p = &state.sessions[ID];
+        let e = state.execs.get("e1");
+        let want_primary = if how == "primary exits" { 5 } else { 137 };
+        let mut why = Vec::new();
+        // The primary's own end takes its run (20 lines) before the stop begins.
+        let limit = stop
+            + bound
+            + if how == "primary exits" {
+                Duration::from_secs(3)
+            } else {
+                Duration::ZERO
+            };
+        if took > limit {
+            why.push(format!("took {took:?} (bound {limit:?})"));
+        }
+        if p.exit_status != want_primary || p.detail.stop_time == 0 {
+            why.push(format!(
+                "primary status {} stop {}",
+                p.exit_status, p.detail.stop_time
+            ));
+        }
+        if e.is_none_or(|e| e.exit_status != 137 || e.detail.stop_time == 0) {
+            why.push(format!(
+                "exec state {:?}",
+                e.map(|e| (e.exit_status, e.detail.stop_time))
+            ));
+        }
+        match (
+            log_holds_every_line(&h, &pf, false),
+            log_holds_every_line(&h, &ef, true),
+        ) {
+            (Ok(a), Ok(b)) => row.bytes += (a + b) as u64,
+            (a, b) => why.push(format!("output log: {a:?} {b:?}")),
+        }
+        if why.is_empty() {
+            row.passed += 1;
+        } else {
+            failures.push(format!("{how}: {}", why.join("; ")));
+        }
+        row.notes
+            .push_str(&format!("{how}: ended in {:.2} s; ", took.as_secs_f64()));
+    }
+    row.notes
+        .push_str("stop timeout 2 s, bound 3 s over it (the group kill, drain, state)");
+    eprintln!("{}", row.notes);
+    assert!(failures.is_empty(), "{failures:#?}");
+    row.finish();
+}
+
+fn send_signal_pid(pid: i32, sig: i32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::try_from(sig).unwrap(),
+    )
+    .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Output integrity
+
+/// A shell command writing `mib` MiB of a deterministic pseudo-random stream (AES-CTR of
+/// zeros under `key`): incompressible, every byte value, newlines anywhere.
+fn generator(key: u8, mib: usize) -> String {
+    format!(
+        "openssl enc -aes-128-ctr -nosalt -K {key:02x}{z} -iv 00000000000000000000000000000000 \
+         -in /dev/zero 2>/dev/null | head -c {bytes}",
+        z = "00".repeat(15),
+        bytes = mib << 20
+    )
+}
+
+/// The SHA-256 and length of what `generator(key, mib)` writes, computed here.
+fn expected(key: u8, mib: usize) -> ([u8; 32], u64) {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut child = Command::new("sh")
+        .args(["-c", &generator(key, mib)])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let got = out.read(&mut buf).unwrap();
+        if got == 0 {
+            break;
+        }
+        h.update(&buf[..got]);
+        n += got as u64;
+    }
+    child.wait().unwrap();
+    (h.finalize().into(), n)
+}
+
+/// The SHA-256 and length of each stream of the container's own entries in an output log,
+/// read in pieces (a full run's log is over 2 GiB).
+fn logged(path: &Path) -> [([u8; 32], u64); 2] {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut hashes = [sha2::Sha256::new(), sha2::Sha256::new()];
+    let mut lens = [0u64; 2];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 << 20];
+    loop {
+        let got = f.read(&mut buf).unwrap();
+        pending.extend_from_slice(&buf[..got]);
+        let (entries, used) = tether_proto::iolog::decode_complete(&pending);
+        for e in entries.iter().filter(|e| !e.exec) {
+            let i = usize::from(e.stream == tether_proto::iolog::Stream::Stderr);
+            hashes[i].update(&e.data);
+            lens[i] += e.data.len() as u64;
+        }
+        pending.drain(..used);
+        if got == 0 {
+            break;
+        }
+    }
+    let [a, b] = hashes;
+    [
+        (a.finalize().into(), lens[0]),
+        (b.finalize().into(), lens[1]),
+    ]
+}
+
+#[test]
+fn output_reaches_the_log_byte_exact_through_pipes_and_a_pty() {
+    let mut row = Row::new("output integrity (no client)");
+    let mib = size(1024, 8);
+    for tty in [false, true] {
+        row.cases += 1;
+        // Pipes: one stream on stdout, another on stderr, at once. A pty: one stream, raw.
+        let script = if tty {
+            format!("stty raw -echo; {}", generator(1, mib))
+        } else {
+            format!("{} & {} >&2; wait", generator(1, mib), generator(2, mib))
+        };
+        let mut cfg = config(&["/bin/sh", "-c", &script]);
+        cfg.sessions.get_mut(ID).unwrap().tty = tty;
+        let h = Harness::new(&cfg);
+        let status = h.run(&[], Duration::from_secs(3600));
+        let debug = h.debug_text();
+        if crashed(status, &debug) {
+            row.crashes += 1;
+            continue;
+        }
+        let got = logged(&h.out);
+        let want_out = expected(1, mib);
+        assert_eq!(
+            want_out.1,
+            (mib as u64) << 20,
+            "the generator (openssl) made too little"
+        );
+        let want_err = if tty {
+            ([0u8; 32], 0)
+        } else {
+            expected(2, mib)
+        };
+        let empty: [u8; 32] = {
+            use sha2::Digest as _;
+            sha2::Sha256::digest([]).into()
+        };
+        let want_err = if tty { (empty, 0) } else { want_err };
+        let ok =
+            got[0] == want_out && got[1] == want_err && h.state().sessions[ID].exit_status == 0;
+        row.bytes += got[0].1 + got[1].1;
+        if ok {
+            row.passed += 1;
+        } else {
+            row.notes.push_str(&format!(
+                "{}: stdout {} of {} bytes, stderr {} of {} bytes, hashes {}; ",
+                if tty { "pty" } else { "pipes" },
+                got[0].1,
+                want_out.1,
+                got[1].1,
+                want_err.1,
+                if got[0].0 == want_out.0 {
+                    "stdout same"
+                } else {
+                    "stdout differs"
+                },
+            ));
+        }
+    }
+    row.notes.push_str(&format!(
+        "{mib} MiB per stream, pipes (stdout and stderr at once) and a raw pty"
+    ));
+    eprintln!("{}", row.notes);
+    assert_eq!(row.passed, row.cases, "{}", row.notes);
+    row.finish();
 }

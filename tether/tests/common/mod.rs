@@ -192,3 +192,49 @@ pub fn sh(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// `tether run` as PID 1 of a new PID namespace, or `None` (with the reason printed) where this
+/// machine does not allow one.
+pub fn spawn_as_pid1(h: &Harness, extra: &[&str]) -> Option<Child> {
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            eprintln!(
+                "skipped: unshare --pid is not allowed here: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            return None;
+        }
+        Err(e) => {
+            eprintln!("skipped: no unshare here ({e})");
+            return None;
+        }
+    }
+    let inner = h.command(extra);
+    let mut c = Command::new("unshare");
+    c.args(["--pid", "--fork", "--mount-proc"])
+        .arg(inner.get_program())
+        .args(inner.get_args());
+    Some(c.spawn().unwrap())
+}
+
+/// The pid (outside the namespace) of unshare's only child: the tether.
+pub fn tether_pid(unshare: &Child) -> i32 {
+    let path = format!("/proc/{0}/task/{0}/children", unshare.id());
+    let mut pid = 0;
+    wait_until(
+        Duration::from_secs(60),
+        "unshare to start the tether",
+        || {
+            pid = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+                .unwrap_or(0);
+            pid != 0
+        },
+    );
+    pid
+}
