@@ -525,10 +525,21 @@ fn vch_attach_rate(tether: &Path, vch: &Path, dir: &Path, bytes: u64) -> anyhow:
     Ok(rate / 1e6)
 }
 
+mod reliability;
 mod vm;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("reliability-report") {
+        let (Some(file), header) = (args.get(2), args.get(3)) else {
+            bail!("usage: tether-bench reliability-report FILE [HEADER]");
+        };
+        print!(
+            "{}",
+            reliability::report(Path::new(file), header.map_or("", |h| h.as_str()))?
+        );
+        return Ok(());
+    }
     if args.get(1).map(String::as_str) == Some("vm") {
         let (Some(vch), Some(assets)) = (args.get(2), args.get(3)) else {
             bail!("usage: tether-bench vm VCH ASSETS");

@@ -7,80 +7,14 @@
 
 mod common;
 
+use common::report::{crashed, full, size, Row};
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
 use tether_proto::extraconfig::KeyValues;
-
-/// Full size (`RELIABILITY=full`) or CI's short run.
-fn full() -> bool {
-    std::env::var("RELIABILITY").is_ok_and(|v| v == "full")
-}
-
-/// `full` when the suite runs at full size, else `short`.
-fn size(full_n: usize, short_n: usize) -> usize {
-    if full() {
-        full_n
-    } else {
-        short_n
-    }
-}
-
-/// One group's figures.
-#[derive(Default, Debug)]
-struct Row {
-    group: &'static str,
-    cases: usize,
-    passed: usize,
-    bytes: u64,
-    faults: usize,
-    crashes: usize,
-    leaks: usize,
-    notes: String,
-}
-
-impl Row {
-    fn new(group: &'static str) -> Self {
-        Self {
-            group,
-            ..Self::default()
-        }
-    }
-
-    /// Appends the row to `$RELIABILITY_REPORT` (when set) and fails the test on a crash or leak.
-    fn finish(self) {
-        if let Some(path) = std::env::var_os("RELIABILITY_REPORT") {
-            use std::io::Write as _;
-            let line = serde_json::json!({
-                "group": self.group,
-                "size": if full() { "full" } else { "short" },
-                "cases": self.cases,
-                "passed": self.passed,
-                "bytes_checked": self.bytes,
-                "faults_injected": self.faults,
-                "crashes": self.crashes,
-                "leaks": self.leaks,
-                "notes": self.notes,
-            });
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .unwrap();
-            writeln!(f, "{line}").unwrap();
-        }
-        assert_eq!(self.crashes, 0, "{}: crashes", self.group);
-        assert_eq!(self.leaks, 0, "{}: leaks", self.group);
-        assert_eq!(self.passed, self.cases, "{}: failed cases", self.group);
-    }
-}
-
-/// Whether a finished tether crashed: killed by a signal, a panic's 101, or a panic in its log.
-fn crashed(status: std::process::ExitStatus, debug: &str) -> bool {
-    status.code().is_none() || status.code() == Some(101) || debug.contains("panicked")
-}
 
 // ---------------------------------------------------------------------------------------------
 // Malformed configurations

@@ -927,3 +927,141 @@ fn an_authorized_key_replaces_none() {
         h.disconnect("done").await;
     });
 }
+
+#[path = "../../tether/tests/common/report.rs"]
+mod report;
+
+/// The sockets the process `pid` listens on (TCP and TCP6 in LISTEN, UDP bound), by inode.
+fn listening_sockets(pid: u32) -> Vec<String> {
+    let mine: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')
+                .map(str::to_string)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for table in ["tcp", "tcp6", "udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(state), Some(inode)) = (cols.get(3), cols.get(9)) else {
+                continue;
+            };
+            let listening = *state == "0A" || table.starts_with("udp");
+            if listening && mine.iter().any(|m| m == inode) {
+                out.push(format!("{table} {}", cols[1]));
+            }
+        }
+    }
+    out
+}
+
+/// The reliability suite's security checks (issue 18): the guest writes no key with `/`, no
+/// secret reaches a log, the debug shell is off unless configured, the tether listens on no
+/// port, and a client key pinned in the config refuses any other client.
+#[test]
+fn security_checks_keys_secrets_shell_ports_and_a_pinned_key() {
+    use ssh::{ClientConfig, PrivateKey};
+    let mut row = report::Row::new("security checks");
+    let pinned = PrivateKey::generate_ed25519();
+    let other = PrivateKey::generate_ed25519();
+    let secret = "hunter2-never-logged";
+    let mut primary = session(&["sleep", "60"]);
+    primary.cmd.env.push(format!("SECRET_TOKEN={secret}"));
+    let mut cfg = config(primary);
+    cfg.debug_level = 1;
+    // A host key of the host's own, as VIC's VCH writes one.
+    let pem = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519"])
+        .output()
+        .unwrap();
+    assert!(pem.status.success(), "openssl genpkey");
+    let pem = String::from_utf8(pem.stdout).unwrap();
+    let key_body = pem.lines().nth(1).unwrap().to_string();
+    cfg.key = tether_proto::extraconfig::Bytes(pem.into_bytes());
+    cfg.tether = Some(tether_proto::config::TetherExtensions {
+        debug_shell: false,
+        authorized_key: pinned.public().to_openssh(),
+    });
+    let before: std::collections::BTreeMap<String, String> = cfg.encode();
+    let (rt, listener, mut t) = listening_tether(&cfg, &[]);
+    let mut failures = Vec::new();
+    rt.block_on(async {
+        // Another client key is refused.
+        row.cases += 1;
+        row.faults += 1;
+        let line = listener.accept().await.unwrap();
+        let mut with_other = ClientConfig::new("daemon");
+        with_other.key = Some(other);
+        match vch::attach::connect_with(line, Duration::from_secs(30), with_other).await {
+            Err(_) => row.passed += 1,
+            Ok(_) => failures.push("a key other than the pinned one was let in".to_string()),
+        }
+        // The pinned key is let in; a shell channel is refused (the debug shell is off).
+        let line = listener.accept().await.unwrap();
+        let mut with_pinned = ClientConfig::new("daemon");
+        with_pinned.key = Some(pinned);
+        let h = vch::attach::connect_with(line, Duration::from_secs(30), with_pinned)
+            .await
+            .unwrap();
+        row.cases += 1;
+        row.faults += 1;
+        match h.open("session", Vec::new()).await.unwrap() {
+            Err(_) => row.passed += 1,
+            Ok(_) => failures.push("a session channel was opened with the shell off".into()),
+        }
+        // Nothing listens: the tether connects out to the host, never the other way.
+        row.cases += 1;
+        let sockets = listening_sockets(t.child.id());
+        if sockets.is_empty() {
+            row.passed += 1;
+        } else {
+            failures.push(format!("the tether listens on {sockets:?}"));
+        }
+        vch::attach::kill(&h, ID, "KILL", false).await.unwrap();
+        h.disconnect("done").await;
+    });
+    let status = t.wait();
+    let debug = std::fs::read_to_string(t.dir.path().join("debug")).unwrap_or_default();
+    if report::crashed(status, &debug) {
+        row.crashes += 1;
+    }
+    // No secret in the log: neither the environment's values (debug level below 2) nor the host
+    // key.
+    row.cases += 1;
+    if !debug.contains(secret) && !debug.contains(&key_body) && !debug.contains("PRIVATE KEY") {
+        row.passed += 1;
+    } else {
+        failures.push("a secret is in the debug log".into());
+    }
+    // Every key the guest wrote or changed is a read-write one (no `/`).
+    row.cases += 1;
+    let after = vmx::load(&t.dir.path().join("gi.vmx")).unwrap();
+    let written: Vec<String> = after
+        .iter()
+        .filter(|(k, v)| before.get(*k).map(String::as_str) != Some(*v))
+        .map(|(k, _)| k.to_string())
+        .collect();
+    let bad: Vec<&String> = written.iter().filter(|k| k.contains('/')).collect();
+    if bad.is_empty() && !written.is_empty() {
+        row.passed += 1;
+    } else {
+        failures.push(format!(
+            "keys written with '/': {bad:?} (of {})",
+            written.len()
+        ));
+    }
+    row.notes = format!(
+        "{} keys written by the guest, none with '/'; a pinned ed25519 key, another refused; \
+         no session channel with the shell off; no listening socket; no secret in the debug log",
+        written.len()
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+    row.finish();
+}

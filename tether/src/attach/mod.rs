@@ -23,6 +23,22 @@ pub use line::run;
 pub use server::Attach;
 pub use shell::SHELL_OFF;
 
+/// A `window-change` request's payload (columns, rows, width and height in pixels, as RFC 4254
+/// sends them), each clamped to what a terminal takes; `None` when it is cut short.
+pub fn window_change(data: &[u8]) -> Option<[u16; 4]> {
+    let mut r = wire::Reader::new(data);
+    let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+    match (r.u32(), r.u32(), r.u32(), r.u32()) {
+        (Ok(c), Ok(rows), Ok(w), Ok(h)) => Some([clamp(c), clamp(rows), clamp(w), clamp(h)]),
+        _ => None,
+    }
+}
+
+/// A `signal` or `group-signal` request's payload: a signal's name or number (a string).
+pub fn signal_request(data: &[u8]) -> Result<i32, tether_proto::signal::BadSignal> {
+    tether_proto::signal::parse(wire::Reader::new(data).utf8().unwrap_or(""))
+}
+
 /// The feature version VIC's tether reports (`MaxPluginVersion - 1`).
 pub const VERSION: u32 = 10;
 

@@ -153,32 +153,22 @@ impl Handler for Attach {
                 a.session.unblock();
                 true
             }
-            "window-change" => {
-                let mut r = wire::Reader::new(data);
-                match (r.u32(), r.u32(), r.u32(), r.u32()) {
-                    (Ok(c), Ok(rows), Ok(w), Ok(h)) => {
-                        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
-                        a.session
-                            .set_window(clamp(c), clamp(rows), clamp(w), clamp(h))
-                    }
-                    _ => false,
-                }
-            }
+            "window-change" => match super::window_change(data) {
+                Some([c, rows, w, h]) => a.session.set_window(c, rows, w, h),
+                None => false,
+            },
             "close-stdin" => a.session.input().send(InputMsg::CloseStdin).is_ok(),
             // `signal` goes to the process, as `docker kill`; `group-signal` (ours) to its process
             // group, as VIC's `group-kill`. Delivered only to a running process.
-            "signal" | "group-signal" => {
-                let spec = wire::Reader::new(data).utf8().unwrap_or("");
-                match tether_proto::signal::parse(spec) {
-                    Ok(_) if a.session.pid().is_none() => false,
-                    Ok(sig) if name == "group-signal" => a.session.signal_group(sig).is_ok(),
-                    Ok(sig) => a.session.signal(sig).is_ok(),
-                    Err(e) => {
-                        tracing::warn!("attach: {e}");
-                        false
-                    }
+            "signal" | "group-signal" => match super::signal_request(data) {
+                Ok(_) if a.session.pid().is_none() => false,
+                Ok(sig) if name == "group-signal" => a.session.signal_group(sig).is_ok(),
+                Ok(sig) => a.session.signal(sig).is_ok(),
+                Err(e) => {
+                    tracing::warn!("attach: {e}");
+                    false
                 }
-            }
+            },
             _ => false,
         }
     }

@@ -2,6 +2,8 @@
 //! the state it writes back and the output log.
 #![allow(dead_code)]
 
+pub mod report;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
