@@ -1201,3 +1201,120 @@ fn line_faults_over_tcp_lose_nothing_and_the_tether_always_comes_back() {
     );
     row.finish();
 }
+
+/// Slow and stalled hosts (issue 18, VIC #2982): a host reading at 60 KB/s throttles the session
+/// and gets every byte in order (attach is lossless); a host that stops reading is let go within
+/// the stated 10 s, the session goes on, and the output log holds every line.
+#[test]
+fn a_slow_host_throttles_a_stalled_one_is_let_go_and_nothing_is_lost() {
+    let mut row = report::Row::new("slow and stalled hosts");
+    let dir = tempfile::tempdir().unwrap();
+    let lines = dir.path().join("lines");
+    // Lines as fast as the pipe takes them, each also in a file of the session's own.
+    let script = format!(
+        "i=0; while :; do i=$((i+1)); echo line $i; echo line $i >> {}; done",
+        lines.display()
+    );
+    let mut primary = session(&["sh", "-c", &script]);
+    primary.run_block = true;
+    let cfg = config(primary);
+    let out = dir.path().join("output.log");
+    let (rt, listener, mut t) = listening_tether(&cfg, &["--output-log", out.to_str().unwrap()]);
+    let mut failures = Vec::new();
+    let slow_secs = report::size(30, 6) as u64;
+    rt.block_on(async {
+        let line = listener.accept().await.unwrap();
+        let h = vch::attach::connect(line, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let mut ch = h
+            .open("attach", ID.as_bytes().to_vec())
+            .await
+            .unwrap()
+            .unwrap();
+        let _ = ch.request("unblock", true, b"Unblock".to_vec()).await;
+        // 60 KB/s for a while: every byte, in order, from the first line.
+        row.cases += 1;
+        let mut got = Vec::new();
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(slow_secs) {
+            match tokio::time::timeout(Duration::from_secs(10), ch.recv()).await {
+                Ok(Some(ChannelEvent::Data(d))) => {
+                    got.extend_from_slice(&d);
+                    tokio::time::sleep(Duration::from_secs_f64(d.len() as f64 / 60_000.0)).await;
+                }
+                Ok(Some(_)) => {}
+                _ => break,
+            }
+        }
+        let text = String::from_utf8_lossy(&got);
+        let complete: Vec<&str> = text.lines().collect();
+        let complete = &complete[..complete.len().saturating_sub(1)];
+        let in_order = complete
+            .iter()
+            .enumerate()
+            .all(|(i, l)| *l == format!("line {}", i + 1));
+        let rate = got.len() as f64 / t0.elapsed().as_secs_f64();
+        if in_order && complete.len() > 100 && rate < 90_000.0 {
+            row.passed += 1;
+            row.bytes += got.len() as u64;
+        } else {
+            failures.push(format!(
+                "slow host: {} lines, in order {in_order}, {rate:.0} B/s",
+                complete.len()
+            ));
+        }
+        // Now it stops reading: let go within the stall bound, while the session goes on.
+        row.cases += 1;
+        row.faults += 1;
+        let before = std::fs::read_to_string(&lines)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        tokio::time::sleep(Duration::from_secs(13)).await;
+        let after = std::fs::read_to_string(&lines)
+            .unwrap_or_default()
+            .lines()
+            .count();
+        let debug = std::fs::read_to_string(t.dir.path().join("debug")).unwrap_or_default();
+        let dropped = debug.contains("made no progress");
+        if dropped && after > before + 1000 {
+            row.passed += 1;
+        } else {
+            failures.push(format!(
+                "stalled host: dropped {dropped}, the session wrote {} lines during the stall",
+                after - before
+            ));
+        }
+        // A new host stops the session.
+        let _ = ch.close().await;
+        h.disconnect("done").await;
+        let h = match tokio::time::timeout(Duration::from_secs(20), listener.accept()).await {
+            Ok(Ok(line)) => vch::attach::connect(line, Duration::from_secs(30))
+                .await
+                .unwrap(),
+            _ => h,
+        };
+        vch::attach::kill(&h, ID, "KILL", false).await.unwrap();
+        h.disconnect("done").await;
+    });
+    let status = t.wait();
+    let debug = std::fs::read_to_string(t.dir.path().join("debug")).unwrap_or_default();
+    if report::crashed(status, &debug) {
+        row.crashes += 1;
+    }
+    row.cases += 1;
+    match output_log_holds(&out, &lines) {
+        Ok(bytes) => {
+            row.passed += 1;
+            row.bytes += bytes as u64;
+        }
+        Err(e) => failures.push(format!("output log: {e}")),
+    }
+    row.notes = format!(
+        "a host at 60 KB/s for {slow_secs} s got every line in order; one that stopped reading \
+         was let go within 10 s while the session went on; the output log holds every line"
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+    row.finish();
+}

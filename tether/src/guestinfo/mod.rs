@@ -49,7 +49,43 @@ impl Guestinfo {
         std::thread::Builder::new()
             .name("guestinfo".into())
             .spawn(move || {
-                for req in rx {
+                let mut next = None;
+                loop {
+                    let req = match next.take() {
+                        Some(r) => r,
+                        None => match rx.recv() {
+                            Ok(r) => r,
+                            Err(_) => break,
+                        },
+                    };
+                    // Writes queued back to back go as one (in their order): a transport that
+                    // rewrites a whole file per write (the .vmx file) would otherwise take
+                    // quadratic time when thousands of sessions start at once.
+                    // A sync among them is answered once the merged write is done (everything
+                    // queued before it is, and more).
+                    let mut syncs = Vec::new();
+                    let req = match req {
+                        Request::Write(mut pairs, mut what) => {
+                            while let Ok(more) = rx.try_recv() {
+                                match more {
+                                    Request::Write(p, w) => {
+                                        pairs.extend(p);
+                                        if !what.contains(&w) {
+                                            what.push_str(", ");
+                                            what.push_str(&w);
+                                        }
+                                    }
+                                    Request::Sync(done) => syncs.push(done),
+                                    other => {
+                                        next = Some(other);
+                                        break;
+                                    }
+                                }
+                            }
+                            Request::Write(pairs, what)
+                        }
+                        other => other,
+                    };
                     match req {
                         Request::Decode(mut cfg, reply) => {
                             let result = gi
@@ -98,6 +134,9 @@ impl Guestinfo {
                                 tracing::error!("guestinfo: writing {what}: {e}");
                             }
                         }
+                    }
+                    for done in syncs {
+                        let _ = done.send(());
                     }
                 }
             })

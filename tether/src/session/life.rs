@@ -72,6 +72,9 @@ impl Ctx {
     }
 }
 
+/// Launches in flight at once (see [`Session::run`]'s spawn).
+static LAUNCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum State {
     /// Not launched yet (or waiting for `unblock`).
@@ -419,6 +422,20 @@ impl Session {
         // The child's descriptors go along and close once it has its copies, whatever becomes
         // of this future.
         let reaper = ctx.reaper.clone();
+        // Forks are one at a time anyway (the reaper's lock); a few threads waiting for them are
+        // enough. A thread for each of thousands of sessions starting at once made every fork
+        // copy the mappings of hundreds of thread stacks: quadratic (10 000 sessions, minutes).
+        let _turn = LAUNCHES
+            .acquire()
+            .await
+            .map_err(|e| setup("the launch queue", &e))?;
+        if self.stopping() {
+            // The container stopped while this one waited for its turn.
+            return Err(LaunchError::new(
+                launch::EXIT_SETUP,
+                "stopped before it was launched",
+            ));
+        }
         let spawned = tokio::task::spawn_blocking(move || {
             let r = reaper.spawn(|| spawn::spawn(&spec).map(|pid| pid.as_raw()));
             drop(child_fds);
