@@ -463,8 +463,13 @@ pub fn udp_payload(packet: &[u8], dport: u16) -> Option<&[u8]> {
     if first >> 4 != 4 || ihl < 20 || packet.len() < ihl + 8 || packet[9] != 17 {
         return None;
     }
+    // A fragment (more fragments, or an offset) is not a whole datagram.
+    if u16::from_be_bytes([packet[6], packet[7]]) & 0x3fff != 0 {
+        return None;
+    }
     let total = usize::from(u16::from_be_bytes([packet[2], packet[3]])).min(packet.len());
-    let udp = packet.get(ihl..total)?;
+    // The IP header's total length is the sender's word: it may leave no room for UDP's.
+    let udp = packet.get(ihl..total).filter(|u| u.len() >= 8)?;
     if u16::from_be_bytes([udp[2], udp[3]]) != dport {
         return None;
     }
@@ -616,6 +621,21 @@ mod tests {
         assert_eq!(udp_payload(&p, 67), Some(&b"hello"[..]));
         assert_eq!(udp_payload(&p, 68), None, "another port");
         assert_eq!(udp_payload(&p[..10], 67), None, "cut short");
+        // An IP total length that leaves no room for the UDP header (found by the dhcp_replies
+        // fuzz target: it panicked PID 1 on a packet from the network).
+        let mut short = p.clone();
+        short[2..4].copy_from_slice(&20u16.to_be_bytes());
+        assert_eq!(udp_payload(&short, 67), None);
+        let crash = [
+            0x46, 0x16, 0x00, 0x18, 0x00, 0x11, 0x11, 0x11, 0x11, 0x11, 0x11, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x11, 0x11, 0x11, 0x11, 0x11, 0xf0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x11, 0x11, 0x11, 0x11, 0xa9,
+        ];
+        assert_eq!(udp_payload(&crash, 68), None);
+        // A fragment is not a datagram.
+        let mut frag = p.clone();
+        frag[6] |= 0x20;
+        assert_eq!(udp_payload(&frag, 67), None);
         // The UDP checksum with its pseudo-header also sums to zero.
         let mut pseudo = vec![0, 0, 0, 0, 255, 255, 255, 255, 0, 17, 0, 13];
         pseudo.extend_from_slice(&p[20..]);
