@@ -226,6 +226,7 @@ fn malformed_configurations_give_a_clear_outcome_and_never_crash() {
     let mut row = Row::new("malformed configuration");
     let base = config(&["/bin/echo", "ok"]);
     let mut failures = Vec::new();
+    let (mut kinds, mut longest) = ([0usize; 3], Duration::ZERO);
     let mut cases = corpus();
     // And two that are not key/value text at all.
     cases.push(case("not UTF-8", Outcome::Unreadable("UTF-8"), |_| {}));
@@ -280,6 +281,12 @@ fn malformed_configurations_give_a_clear_outcome_and_never_crash() {
             failures.push(format!("{}: crashed ({status}): {debug}", c.name));
             continue;
         }
+        longest = longest.max(started.elapsed());
+        kinds[match c.outcome {
+            Outcome::Runs => 0,
+            Outcome::Refused(_) => 1,
+            Outcome::Unreadable(_) => 2,
+        }] += 1;
         let verdict = check(&h, c.outcome, status, &debug);
         match verdict {
             Ok(()) => row.passed += 1,
@@ -291,8 +298,15 @@ fn malformed_configurations_give_a_clear_outcome_and_never_crash() {
             )),
         }
     }
-    row.notes = failures.join("\n---\n");
-    assert!(failures.is_empty(), "{}", row.notes);
+    row.notes = format!(
+        "{} ran with a default, {} refused with the reason in `started` (status 125/126/127), \
+         {} unreadable (a stop saying why); longest {:.1} s",
+        kinds[0],
+        kinds[1],
+        kinds[2],
+        longest.as_secs_f64()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
     row.finish();
 }
 
