@@ -49,6 +49,45 @@ pub fn parse_detach_keys(spec: &str) -> anyhow::Result<Vec<u8>> {
         .collect()
 }
 
+/// Docker's detach keys watched for in a byte stream: what to pass on, and whether the
+/// sequence was completed (nothing after it is passed on). A partial match that fails is passed
+/// on, and the byte that broke it may start the sequence again.
+pub struct DetachKeys {
+    keys: Vec<u8>,
+    matched: usize,
+}
+
+impl DetachKeys {
+    /// `keys` empty: nothing detaches.
+    pub fn new(keys: Vec<u8>) -> Self {
+        Self { keys, matched: 0 }
+    }
+
+    pub fn feed(&mut self, input: &[u8]) -> (Vec<u8>, bool) {
+        let mut out = Vec::with_capacity(input.len());
+        for &b in input {
+            if self.keys.is_empty() {
+                out.push(b);
+                continue;
+            }
+            if b != self.keys[self.matched] && self.matched > 0 {
+                out.extend_from_slice(&self.keys[..self.matched]);
+                self.matched = 0;
+            }
+            if b == self.keys[self.matched] {
+                self.matched += 1;
+                if self.matched == self.keys.len() {
+                    self.matched = 0;
+                    return (out, true);
+                }
+            } else {
+                out.push(b);
+            }
+        }
+        (out, false)
+    }
+}
+
 /// A byte stream to the tether.
 pub trait Line: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Line for T {}
@@ -319,7 +358,8 @@ async fn relay_stdin(
 ) {
     let mut stdin = tokio::io::stdin();
     let mut buf = vec![0u8; 16 * 1024];
-    let mut matched = 0usize;
+    // Docker's detach keys count on a terminal only.
+    let mut keys = DetachKeys::new(if tty { keys } else { Vec::new() });
     loop {
         let n = match stdin.read(&mut buf).await {
             Ok(0) | Err(_) => {
@@ -329,21 +369,12 @@ async fn relay_stdin(
             }
             Ok(n) => n,
         };
-        let mut out = Vec::with_capacity(n);
-        for &b in &buf[..n] {
-            if tty && !keys.is_empty() && b == keys[matched] {
-                matched += 1;
-                if matched == keys.len() {
-                    detached.store(true, std::sync::atomic::Ordering::SeqCst);
-                    let _ = h.data(ch, None, out).await;
-                    let _ = h.close(ch).await;
-                    return;
-                }
-                continue;
-            }
-            out.extend_from_slice(&keys[..matched]);
-            matched = 0;
-            out.push(b);
+        let (out, detach) = keys.feed(&buf[..n]);
+        if detach {
+            detached.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = h.data(ch, None, out).await;
+            let _ = h.close(ch).await;
+            return;
         }
         if !out.is_empty() && h.data(ch, None, out).await.is_err() {
             return;
@@ -403,6 +434,20 @@ mod tests {
         assert_eq!(parse_detach_keys("ctrl-@,a").unwrap(), [0, b'a']);
         assert!(parse_detach_keys("ctrl-pp").is_err());
         assert!(parse_detach_keys("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn detach_keys_in_a_stream() {
+        let mut k = DetachKeys::new(vec![16, 17]);
+        assert_eq!(k.feed(b"ab"), (b"ab".to_vec(), false));
+        // Split across reads, and a first key doubled: the first passes on, the pair detaches.
+        assert_eq!(k.feed(&[b'x', 16]), (b"x".to_vec(), false));
+        assert_eq!(k.feed(&[16, 17, b'y']), (vec![16], true));
+        // A partial match broken by another byte is passed on whole.
+        let mut k = DetachKeys::new(vec![16, 17]);
+        assert_eq!(k.feed(&[16, b'z']), (vec![16, b'z'], false));
+        let mut none = DetachKeys::new(Vec::new());
+        assert_eq!(none.feed(&[16, 17]), (vec![16, 17], false));
     }
 
     #[test]

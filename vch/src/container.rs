@@ -401,31 +401,26 @@ impl Container {
         (exited || failed).then_some(s.exit_status)
     }
 
-    /// Readies the guestinfo for a boot: the non-persistent keys go (as a VMX drops them at
-    /// power-off: the execs and their state), the primary session's state of an earlier run is
-    /// cleared, and whether its process waits for the first attach is set.
-    pub fn prepare_start(&self, attached: bool) -> anyhow::Result<()> {
-        let id = self.meta.id.clone();
+    /// Changes the config in the guestinfo under the file's lock: `drop_first` names keys to
+    /// remove before it is decoded; the config `change` made is encoded back whole.
+    fn update_config(
+        &self,
+        drop_first: impl Fn(&str) -> bool,
+        change: impl FnOnce(&mut ExecutorConfig),
+    ) -> anyhow::Result<()> {
         let mut failure = None;
         VmxFile::open(self.config_file())?.update(|kv| {
             let gone: Vec<String> = kv
                 .iter()
                 .map(|(k, _)| k.to_string())
-                .filter(|k| k.ends_with(tether_proto::extraconfig::NON_PERSISTENT))
+                .filter(|k| drop_first(k))
                 .collect();
             for k in gone {
                 kv.remove(&k);
             }
             match ExecutorConfig::decode(kv) {
                 Ok((mut cfg, _)) => {
-                    if let Some(s) = cfg.sessions.get_mut(&id) {
-                        s.started.clear();
-                        s.exit_status = 0;
-                        s.detail.start_time = 0;
-                        s.detail.stop_time = 0;
-                        s.attach = attached;
-                        s.run_block = attached;
-                    }
+                    change(&mut cfg);
                     for (k, v) in cfg.encode() {
                         kv.insert(k, v);
                     }
@@ -439,23 +434,35 @@ impl Container {
         }
     }
 
+    /// Readies the guestinfo for a boot: the non-persistent keys go (as a VMX drops them at
+    /// power-off: the execs and their state), the primary session's state of an earlier run is
+    /// cleared, and whether its process waits for the first attach is set.
+    pub fn prepare_start(&self, attached: bool) -> anyhow::Result<()> {
+        let id = self.meta.id.clone();
+        self.update_config(
+            |k| k.ends_with(tether_proto::extraconfig::NON_PERSISTENT),
+            |cfg| {
+                if let Some(s) = cfg.sessions.get_mut(&id) {
+                    s.started.clear();
+                    s.exit_status = 0;
+                    s.detail.start_time = 0;
+                    s.detail.stop_time = 0;
+                    s.attach = attached;
+                    s.run_block = attached;
+                }
+            },
+        )
+    }
+
     /// Adds an exec session to the guestinfo (the tether sees it at its next reload): the
     /// config is decoded, given the exec (its fields and the `execs` map's index), and written
     /// back whole, under the file's lock.
     pub fn add_exec(&self, id: &str, session: &SessionConfig) -> anyhow::Result<()> {
-        let mut failure = None;
-        VmxFile::open(self.config_file())?.update(|kv| match ExecutorConfig::decode(kv) {
-            Ok((mut cfg, _)) => {
+        self.update_config(
+            |_| false,
+            |cfg| {
                 cfg.execs.insert(id.to_string(), session.clone());
-                for (k, v) in cfg.encode() {
-                    kv.insert(k, v);
-                }
-            }
-            Err(e) => failure = Some(e),
-        })?;
-        match failure {
-            Some(e) => Err(e.into()),
-            None => Ok(()),
-        }
+            },
+        )
     }
 }

@@ -174,8 +174,12 @@ async fn relay_input<R: AsyncRead + Unpin>(
     detached: &AtomicBool,
 ) {
     let mut buf = vec![0u8; 32 * 1024];
-    let mut matched = 0usize;
-    let keys = if r.tty { r.detach_keys.as_slice() } else { &[] };
+    // The daemon watches for them on a terminal only, as docker's does.
+    let mut keys = crate::attach::DetachKeys::new(if r.tty {
+        r.detach_keys.clone()
+    } else {
+        Vec::new()
+    });
     loop {
         let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => {
@@ -187,21 +191,12 @@ async fn relay_input<R: AsyncRead + Unpin>(
             }
             Ok(n) => n,
         };
-        let mut out = Vec::with_capacity(n);
-        for &b in &buf[..n] {
-            if !keys.is_empty() && b == keys[matched] {
-                matched += 1;
-                if matched == keys.len() {
-                    detached.store(true, Ordering::SeqCst);
-                    let _ = h.data(ch, None, out).await;
-                    let _ = h.close(ch).await;
-                    return;
-                }
-                continue;
-            }
-            out.extend_from_slice(&keys[..matched]);
-            matched = 0;
-            out.push(b);
+        let (out, detach) = keys.feed(&buf[..n]);
+        if detach {
+            detached.store(true, Ordering::SeqCst);
+            let _ = h.data(ch, None, out).await;
+            let _ = h.close(ch).await;
+            return;
         }
         if !out.is_empty() && h.data(ch, None, out).await.is_err() {
             return;
