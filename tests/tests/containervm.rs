@@ -6,30 +6,14 @@
 //! The tests skip, saying so, only when QEMU is not installed at all; a missing boot medium is a
 //! failure.
 
+mod common;
 mod pty;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
+
+use common::*;
 use std::time::{Duration, Instant};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace")
-        .to_path_buf()
-}
-
-fn vch_bin() -> PathBuf {
-    std::env::var_os("VCH_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/release/vch"))
-}
-
-fn assets() -> PathBuf {
-    std::env::var_os("VCH_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/containervm"))
-}
 
 /// A state root of its own for each test; `None` (after saying why) when QEMU cannot run here.
 struct Host {
@@ -81,24 +65,11 @@ impl Host {
 
     /// Runs vch to its end, with a deadline.
     fn vch(&self, args: &[&str]) -> Output {
-        let child = self
-            .cmd(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(Duration::from_secs(180)) {
-            Ok(out) => out.unwrap(),
-            Err(_) => {
-                let _ = Command::new("kill").arg(pid.to_string()).status();
-                panic!("vch {args:?} did not finish within 180 s");
-            }
-        }
+        output_within(
+            self.cmd(args),
+            Duration::from_secs(180),
+            &format!("vch {args:?}"),
+        )
     }
 
     /// Runs vch, which must succeed; its stdout.
@@ -137,10 +108,6 @@ impl Host {
         }
         false
     }
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 #[test]
@@ -554,23 +521,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-/// One HTTP GET of `path` from 127.0.0.1:`port`: the body, or why not.
-fn http_get(port: u16, path: &str) -> Result<String, String> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).map_err(|e| e.to_string())?;
-    match reply.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
-            Ok(body.to_string())
-        }
-        _ => Err(format!("not a 200 reply: {reply:?}")),
-    }
 }
 
 #[test]

@@ -3,40 +3,20 @@
 //! default image's files made into a `docker save` archive by the test (two layers, the upper
 //! one with whiteouts) and loaded with `docker load`.
 
+mod common;
 mod pty;
 #[path = "../../vch/tests/support/save_tar.rs"]
 mod save_tar;
 
 use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+
+use common::*;
 use std::time::{Duration, Instant};
 
 const DOCKER: &str = "/usr/bin/docker";
 const IMAGE: &str = "tether/default:e2e";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the workspace")
-        .to_path_buf()
-}
-
-fn vch_bin() -> PathBuf {
-    std::env::var_os("VCH_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/release/vch"))
-}
-
-fn assets() -> PathBuf {
-    std::env::var_os("VCH_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/containervm"))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// `vch serve` on a state root of its own with the test image loaded, and the docker CLI
 /// pointed at it.
@@ -140,25 +120,11 @@ impl Daemon {
 
     /// A docker command run to its end within 180 s.
     fn docker(&self, args: &[&str]) -> Output {
-        let child = self
-            .cmd(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        match rx.recv_timeout(Duration::from_secs(180)) {
-            Ok(out) => out.unwrap(),
-            Err(_) => {
-                let _ = Command::new("kill").arg(pid.to_string()).status();
-                panic!("docker {args:?} did not finish within 180 s");
-            }
-        }
+        output_within(
+            self.cmd(args),
+            Duration::from_secs(180),
+            &format!("docker {args:?}"),
+        )
     }
 
     /// A docker command that must succeed; its stdout.
@@ -619,21 +585,4 @@ fn volumes_ports_and_events_through_the_docker_cli() {
         ["create web", "start web", "die web", "destroy web"],
         "{seen}"
     );
-}
-
-/// One HTTP GET of `path` from 127.0.0.1:`port`: the body, or why not.
-fn http_get(port: u16, path: &str) -> Result<String, String> {
-    use std::io::{Read as _, Write as _};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).map_err(|e| e.to_string())?;
-    match reply.split_once("\r\n\r\n") {
-        Some((head, body)) if head.starts_with("HTTP/1.") && head.contains(" 200 ") => {
-            Ok(body.to_string())
-        }
-        _ => Err(format!("not a 200 reply: {reply:?}")),
-    }
 }
