@@ -323,18 +323,7 @@ fn tty_with_a_resize() {
     t.expect("30 90", Duration::from_secs(10), &|| host.debug_log());
     t.resize((45, 132));
     // The resize travels as window-change beside the typed lines; type until it has arrived.
-    let start = Instant::now();
-    loop {
-        t.write(b"\n");
-        if t.wait_for("45 132", Duration::from_secs(2)) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no resize: {}",
-            t.seen()
-        );
-    }
+    t.type_until(b"\n", "45 132", Duration::from_secs(30));
     t.write(b"q\n");
     assert_eq!(t.wait(Duration::from_secs(60)), Some(5), "{}", t.seen());
 }

@@ -269,18 +269,7 @@ fn docker_run_it_resizes_and_attach_detaches_with_the_keys() {
     );
     t.expect("30 90", Duration::from_secs(120), &|| d.logs());
     t.resize((45, 132));
-    let start = Instant::now();
-    loop {
-        t.write(b"\n");
-        if t.wait_for("45 132", Duration::from_secs(2)) {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no resize: {}",
-            t.seen()
-        );
-    }
+    t.type_until(b"\n", "45 132", Duration::from_secs(30));
     t.write(b"q\n");
     assert_eq!(t.wait(Duration::from_secs(60)), Some(5), "{}", t.seen());
     // docker attach to a running shell, detach with the keys given, the shell goes on; attach
@@ -291,14 +280,11 @@ fn docker_run_it_resizes_and_attach_detaches_with_the_keys() {
         (24, 80),
     );
     std::thread::sleep(Duration::from_millis(500));
-    let start = Instant::now();
-    loop {
-        t.write(b"echo hello-$((6*7))\n");
-        if t.wait_for("hello-42", Duration::from_secs(2)) {
-            break;
-        }
-        assert!(start.elapsed() < Duration::from_secs(60), "{}", t.seen());
-    }
+    t.type_until(
+        b"echo hello-$((6*7))\n",
+        "hello-42",
+        Duration::from_secs(60),
+    );
     t.write(b"\x18x");
     assert!(
         t.wait(Duration::from_secs(30)).is_some(),

@@ -263,13 +263,18 @@ pub async fn attach(h: &Handle, opts: &AttachOptions) -> anyhow::Result<Option<i
         ch.request("unblock", true, b"Unblock".to_vec()),
     )?;
     let detached = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let input = tokio::spawn(relay_stdin(
-        ch.handle.clone(),
-        ch.id,
-        tty,
-        opts.detach_keys.clone(),
-        detached.clone(),
-    ));
+    let input = {
+        let (h, chid, detached) = (ch.handle.clone(), ch.id, detached.clone());
+        // Docker's detach keys count on a terminal only.
+        let keys = DetachKeys::new(if tty {
+            opts.detach_keys.clone()
+        } else {
+            Vec::new()
+        });
+        tokio::spawn(async move {
+            relay_input(tokio::io::stdin(), &h, chid, keys, true, &detached).await;
+        })
+    };
     let winch = if tty {
         Some(tokio::spawn(watch_window(ch.handle.clone(), ch.id)))
     } else {
@@ -347,24 +352,25 @@ async fn watch_window(h: Handle, ch: ssh::ChannelId) {
     }
 }
 
-/// Stdin to the channel. EOF becomes `close-stdin` and a channel EOF; the detach keys (on a tty)
-/// close the channel and leave the process running.
-async fn relay_stdin(
-    h: Handle,
+/// A client's input to an attach channel. Its end becomes `close-stdin` and a channel EOF when
+/// `close_stdin` (docker's StdinOnce; always for `vch attach`); the detach keys close the
+/// channel and leave the process running (`detached` is set).
+pub async fn relay_input<R: AsyncRead + Unpin>(
+    mut from: R,
+    h: &Handle,
     ch: ssh::ChannelId,
-    tty: bool,
-    keys: Vec<u8>,
-    detached: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    mut keys: DetachKeys,
+    close_stdin: bool,
+    detached: &std::sync::atomic::AtomicBool,
 ) {
-    let mut stdin = tokio::io::stdin();
-    let mut buf = vec![0u8; 16 * 1024];
-    // Docker's detach keys count on a terminal only.
-    let mut keys = DetachKeys::new(if tty { keys } else { Vec::new() });
+    let mut buf = vec![0u8; 32 * 1024];
     loop {
-        let n = match stdin.read(&mut buf).await {
+        let n = match from.read(&mut buf).await {
             Ok(0) | Err(_) => {
-                let _ = h.channel_request(ch, "close-stdin", true, Vec::new()).await;
-                let _ = h.eof(ch).await;
+                if close_stdin {
+                    let _ = h.channel_request(ch, "close-stdin", true, Vec::new()).await;
+                    let _ = h.eof(ch).await;
+                }
                 return;
             }
             Ok(n) => n,

@@ -105,6 +105,22 @@ impl Terminal {
         );
     }
 
+    /// Types `input` again and again (each 2 s) until `what` appears; fails after `limit`.
+    pub fn type_until(&mut self, input: &[u8], what: &str, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            self.write(input);
+            if self.wait_for(what, Duration::from_secs(2)) {
+                return;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "{what:?} never appeared: {}",
+                self.seen()
+            );
+        }
+    }
+
     /// Changes the window size: the kernel sends SIGWINCH to the program.
     pub fn resize(&self, size: (u16, u16)) {
         let ws = winsize(size);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::bail;
 use hyper::{Request, Response, StatusCode};
 use ssh::{wire, ChannelEvent, Handle};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 
 use super::{full, Api, ApiResult, Body};
 
@@ -110,12 +110,15 @@ where
     if let (true, Some((w, hgt))) = (r.tty, size) {
         send_window(h, ch.id, w, hgt).await;
     }
-    let (mut from_client, mut to_client) = tokio::io::split(io);
+    let (from_client, mut to_client) = tokio::io::split(io);
     let detached = Arc::new(AtomicBool::new(false));
     let input = r.stdin.then(|| {
         let (h, chid, r, detached) = (h.clone(), ch.id, r.clone(), detached.clone());
         tokio::spawn(async move {
-            relay_input(&mut from_client, &h, chid, &r, &detached).await;
+            // The daemon watches for the detach keys on a terminal only, as docker's does.
+            let keys =
+                crate::attach::DetachKeys::new(if r.tty { r.detach_keys } else { Vec::new() });
+            crate::attach::relay_input(from_client, &h, chid, keys, r.close_stdin, &detached).await;
         })
     });
     let mut status = None;
@@ -162,46 +165,6 @@ where
         return Ok(None);
     }
     Ok(status)
-}
-
-/// The client's stdin to the channel; docker's detach keys (tty) close the channel and leave
-/// the process running.
-async fn relay_input<R: AsyncRead + Unpin>(
-    from: &mut R,
-    h: &Handle,
-    ch: ssh::ChannelId,
-    r: &Relay,
-    detached: &AtomicBool,
-) {
-    let mut buf = vec![0u8; 32 * 1024];
-    // The daemon watches for them on a terminal only, as docker's does.
-    let mut keys = crate::attach::DetachKeys::new(if r.tty {
-        r.detach_keys.clone()
-    } else {
-        Vec::new()
-    });
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => {
-                if r.close_stdin {
-                    let _ = h.channel_request(ch, "close-stdin", true, Vec::new()).await;
-                    let _ = h.eof(ch).await;
-                }
-                return;
-            }
-            Ok(n) => n,
-        };
-        let (out, detach) = keys.feed(&buf[..n]);
-        if detach {
-            detached.store(true, Ordering::SeqCst);
-            let _ = h.data(ch, None, out).await;
-            let _ = h.close(ch).await;
-            return;
-        }
-        if !out.is_empty() && h.data(ch, None, out).await.is_err() {
-            return;
-        }
-    }
 }
 
 pub async fn send_window(h: &Handle, ch: ssh::ChannelId, cols: u32, rows: u32) {
