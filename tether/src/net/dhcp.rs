@@ -325,8 +325,14 @@ impl Reply {
 
 /// A server's reply to transaction `xid` of the client with `mac`, if `bytes` is one.
 pub fn reply_to(bytes: &[u8], xid: u32, mac: &[u8; 6]) -> Option<Reply> {
+    // dhcproto slices `chaddr` by the sender's `hlen` (up to 255) without a bound: a reply
+    // claiming more than the field's 16 bytes panicked the client (found by the dhcp_replies
+    // fuzz target). It is refused here, and our MAC compared in place.
+    if bytes.get(2).is_none_or(|&hlen| hlen > 16) || bytes.get(28..34) != Some(&mac[..]) {
+        return None;
+    }
     let m = v4::borrowed::Message::new(bytes).ok()?;
-    if m.opcode() != v4::Opcode::BootReply || m.xid() != xid || m.chaddr().get(..6) != Some(mac) {
+    if m.opcode() != v4::Opcode::BootReply || m.xid() != xid {
         return None;
     }
     let options: Vec<(u8, Vec<u8>)> = m
@@ -592,6 +598,13 @@ mod tests {
         let bytes = encode(&m).unwrap();
         let reply = reply_to(&bytes, 9, &client().mac).unwrap();
         assert!(reply_to(&bytes, 10, &client().mac).is_none(), "another xid");
+        assert!(reply_to(&bytes, 9, &[9; 6]).is_none(), "another MAC");
+        // A reply claiming a hardware address longer than the field (found by the fuzzer: it
+        // panicked inside dhcproto) is refused, whole or cut short.
+        let mut long = bytes.clone();
+        long[2] = 200;
+        assert!(reply_to(&long, 9, &client().mac).is_none());
+        assert!(reply_to(&long[..241], 9, &client().mac).is_none());
         let lease = lease_from(&reply).unwrap();
         assert_eq!(lease.address, "10.0.0.5".parse::<Ipv4Addr>().unwrap());
         assert_eq!(lease.prefix, 24);
