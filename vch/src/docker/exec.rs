@@ -105,20 +105,7 @@ pub async fn start(api: &Arc<Api>, id: &str, req: Request<Incoming>) -> ApiResul
         stream::detach_keys(q.get("detachKeys").or(rec.config.detach_keys.as_deref()))?;
     // The body is read before the upgrade takes the connection.
     let (parts, body) = req.into_parts();
-    let start: StartBody = {
-        use http_body_util::BodyExt as _;
-        let b = http_body_util::Limited::new(body, 1 << 20)
-            .collect()
-            .await
-            .map_err(|e| ApiError::bad_request(format!("reading the request: {e}")))?
-            .to_bytes();
-        if b.iter().all(u8::is_ascii_whitespace) {
-            StartBody::default()
-        } else {
-            serde_json::from_slice(&b)
-                .map_err(|e| ApiError::bad_request(format!("bad request body: {e}")))?
-        }
-    };
+    let start: StartBody = super::json_body(body, 1 << 20).await?;
     let tty = start.tty.or(rec.config.tty).unwrap_or(false);
     let mut cfg = rec.config.clone();
     cfg.tty = Some(tty);

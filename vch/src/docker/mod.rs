@@ -236,25 +236,30 @@ impl Query {
     }
 }
 
-/// The whole body (limited: a JSON request is small).
-pub async fn body_bytes(req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    let limited = http_body_util::Limited::new(req.into_body(), 16 << 20);
-    limited
+/// How much a JSON request body may hold (a container's create is the largest).
+pub const JSON_LIMIT: usize = 16 << 20;
+
+/// The body as JSON of `T`, at most `limit` bytes (an empty body is `T::default()`).
+pub async fn json_body<T: serde::de::DeserializeOwned + Default>(
+    body: Incoming,
+    limit: usize,
+) -> Result<T, ApiError> {
+    let b = http_body_util::Limited::new(body, limit)
         .collect()
         .await
-        .map(|c| c.to_bytes())
-        .map_err(|e| ApiError::bad_request(format!("reading the request: {e}")))
-}
-
-/// The body as JSON of `T` (an empty body is `T::default()`).
-pub async fn body_json<T: serde::de::DeserializeOwned + Default>(
-    req: Request<Incoming>,
-) -> Result<T, ApiError> {
-    let b = body_bytes(req).await?;
+        .map_err(|e| ApiError::bad_request(format!("reading the request: {e}")))?
+        .to_bytes();
     if b.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
     serde_json::from_slice(&b).map_err(|e| ApiError::bad_request(format!("bad request body: {e}")))
+}
+
+/// A request's body as JSON of `T` (see [`json_body`]).
+pub async fn body_json<T: serde::de::DeserializeOwned + Default>(
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
+    json_body(req.into_body(), JSON_LIMIT).await
 }
 
 /// Serves the API on `at` until the process ends.
