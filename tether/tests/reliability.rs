@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::report::{crashed, full, size, Row};
+use common::report::{crashed, full, log_holds_every_line, size, Row};
 
 /// The groups run one at a time: the storms (a fork bomb, 10 000 signals) starve whatever runs
 /// beside them, and the shutdown group's bound is about the tether, not about a starved machine.
@@ -577,32 +577,6 @@ fn stubborn(tag: &str, file: &Path, then_exit: Option<u32>) -> Vec<String> {
     ["/bin/sh", "-c", &script].map(String::from).to_vec()
 }
 
-/// Every line the session wrote to its file is in the output log, in order; the bytes checked.
-fn log_holds_every_line(h: &Harness, file: &Path, exec: bool) -> Result<usize, String> {
-    let written = std::fs::read_to_string(file).unwrap_or_default();
-    let logged: Vec<u8> = h
-        .log()
-        .into_iter()
-        .filter(|e| e.exec == exec)
-        .flat_map(|e| e.data)
-        .collect();
-    let logged = String::from_utf8_lossy(&logged);
-    let (w, l): (Vec<&str>, Vec<&str>) = (written.lines().collect(), logged.lines().collect());
-    if w.is_empty() {
-        return Err(format!("{} holds nothing", file.display()));
-    }
-    let bytes = written.len();
-    if l.len() < w.len() || l[..w.len()] != w[..] {
-        return Err(format!(
-            "{} lines written, the log has {} (first difference at {:?})",
-            w.len(),
-            l.len(),
-            w.iter().zip(&l).position(|(a, b)| a != b)
-        ));
-    }
-    Ok(bytes)
-}
-
 #[test]
 fn shutdown_by_sigterm_sigpwr_or_the_primarys_end_is_bounded_and_complete() {
     let _turn = one_at_a_time();
@@ -683,8 +657,8 @@ fn shutdown_by_sigterm_sigpwr_or_the_primarys_end_is_bounded_and_complete() {
             ));
         }
         match (
-            log_holds_every_line(&h, &pf, false),
-            log_holds_every_line(&h, &ef, true),
+            log_holds_every_line(&h.out, &pf, false, 1),
+            log_holds_every_line(&h.out, &ef, true, 1),
         ) {
             (Ok(a), Ok(b)) => row.bytes += (a + b) as u64,
             (a, b) => why.push(format!("output log: {a:?} {b:?}")),

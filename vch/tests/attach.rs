@@ -1080,20 +1080,29 @@ async fn accept_cuttable(
     (Box::new(tokio::net::TcpStream::from_std(std).unwrap()), cut)
 }
 
-/// Every line a session wrote to its own file is in the output log, in order; the bytes.
-fn output_log_holds(log: &std::path::Path, file: &std::path::Path) -> Result<usize, String> {
-    let written = std::fs::read_to_string(file).unwrap_or_default();
-    let logged: Vec<u8> = tether_proto::iolog::decode(&std::fs::read(log).unwrap_or_default())
-        .into_iter()
-        .filter(|e| !e.exec)
-        .flat_map(|e| e.data)
-        .collect();
-    let logged = String::from_utf8_lossy(&logged);
-    let (w, l): (Vec<&str>, Vec<&str>) = (written.lines().collect(), logged.lines().collect());
-    if w.len() < 10 || l.len() < w.len() || l[..w.len()] != w[..] {
-        return Err(format!("{} lines written, {} logged", w.len(), l.len()));
+/// The end of a streaming case: the tether's end (a crash counted), then every line the session
+/// wrote to `lines` looked for in the output log `out`. The tether's debug log.
+fn finish_streaming(
+    t: &mut Tether,
+    out: &std::path::Path,
+    lines: &std::path::Path,
+    row: &mut report::Row,
+    failures: &mut Vec<String>,
+) -> String {
+    let status = t.wait();
+    let debug = std::fs::read_to_string(t.dir.path().join("debug")).unwrap_or_default();
+    if report::crashed(status, &debug) {
+        row.crashes += 1;
     }
-    Ok(written.len())
+    row.cases += 1;
+    match report::log_holds_every_line(out, lines, false, 10) {
+        Ok(bytes) => {
+            row.passed += 1;
+            row.bytes += bytes as u64;
+        }
+        Err(e) => failures.push(format!("output log: {e}")),
+    }
+    debug
 }
 
 /// Line faults over TCP (issue 18): the host drops and reconnects again and again while the
@@ -1177,19 +1186,7 @@ fn line_faults_over_tcp_lose_nothing_and_the_tether_always_comes_back() {
         vch::attach::kill(&h, ID, "KILL", false).await.unwrap();
         h.disconnect("done").await;
     });
-    let status = t.wait();
-    let debug = std::fs::read_to_string(t.dir.path().join("debug")).unwrap_or_default();
-    if report::crashed(status, &debug) {
-        row.crashes += 1;
-    }
-    row.cases += 1;
-    match output_log_holds(&out, &lines) {
-        Ok(bytes) => {
-            row.passed += 1;
-            row.bytes += bytes as u64;
-        }
-        Err(e) => failures.push(format!("output log: {e}")),
-    }
+    let debug = finish_streaming(&mut t, &out, &lines, &mut row, &mut failures);
     row.notes = format!(
         "{drops} hosts each cut mid-stream (a quarter after 16 KiB of garbage, a quarter after \
          half a handshake); every line the session wrote is in the output log in order"
@@ -1298,19 +1295,7 @@ fn a_slow_host_throttles_a_stalled_one_is_let_go_and_nothing_is_lost() {
         vch::attach::kill(&h, ID, "KILL", false).await.unwrap();
         h.disconnect("done").await;
     });
-    let status = t.wait();
-    let debug = std::fs::read_to_string(t.dir.path().join("debug")).unwrap_or_default();
-    if report::crashed(status, &debug) {
-        row.crashes += 1;
-    }
-    row.cases += 1;
-    match output_log_holds(&out, &lines) {
-        Ok(bytes) => {
-            row.passed += 1;
-            row.bytes += bytes as u64;
-        }
-        Err(e) => failures.push(format!("output log: {e}")),
-    }
+    finish_streaming(&mut t, &out, &lines, &mut row, &mut failures);
     row.notes = format!(
         "a host at 60 KB/s for {slow_secs} s got every line in order; one that stopped reading \
          was let go within 10 s while the session went on; the output log holds every line"

@@ -70,3 +70,34 @@ impl Row {
 pub fn crashed(status: std::process::ExitStatus, debug: &str) -> bool {
     status.code().is_none() || status.code() == Some(101) || debug.contains("panicked")
 }
+
+/// Every line a session wrote to a file of its own (`file`, beside its output) is in the output
+/// log `log`, in order, among the entries of execs (`exec`) or of the container's own; at least
+/// `min_lines` of them. The bytes checked.
+pub fn log_holds_every_line(
+    log: &std::path::Path,
+    file: &std::path::Path,
+    exec: bool,
+    min_lines: usize,
+) -> Result<usize, String> {
+    let written = std::fs::read_to_string(file).unwrap_or_default();
+    let logged: Vec<u8> = tether_proto::iolog::decode(&std::fs::read(log).unwrap_or_default())
+        .into_iter()
+        .filter(|e| e.exec == exec)
+        .flat_map(|e| e.data)
+        .collect();
+    let logged = String::from_utf8_lossy(&logged);
+    let (w, l): (Vec<&str>, Vec<&str>) = (written.lines().collect(), logged.lines().collect());
+    if w.len() < min_lines.max(1) {
+        return Err(format!("{} holds {} lines", file.display(), w.len()));
+    }
+    if l.len() < w.len() || l[..w.len()] != w[..] {
+        return Err(format!(
+            "{} lines written, the log has {} (first difference at {:?})",
+            w.len(),
+            l.len(),
+            w.iter().zip(&l).position(|(a, b)| a != b)
+        ));
+    }
+    Ok(written.len())
+}
