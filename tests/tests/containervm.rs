@@ -22,12 +22,7 @@ struct Host {
 
 impl Host {
     fn new() -> Option<Self> {
-        if Command::new("qemu-system-x86_64")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("SKIP: qemu-system-x86_64 is not installed (scripts/setup-vm installs it)");
+        if !qemu_present() {
             return None;
         }
         for f in [

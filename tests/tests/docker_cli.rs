@@ -4,18 +4,17 @@
 //! one with whiteouts) and loaded with `docker load`.
 
 mod common;
+#[path = "../../vch/tests/support/docker.rs"]
+mod docker;
 mod pty;
 #[path = "../../vch/tests/support/save_tar.rs"]
 mod save_tar;
 
-use std::io::{BufRead as _, BufReader};
-use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 
 use common::*;
 use std::time::{Duration, Instant};
 
-const DOCKER: &str = "/usr/bin/docker";
 const IMAGE: &str = "tether/default:e2e";
 
 /// `vch serve` on a state root of its own with the test image loaded, and the docker CLI
@@ -30,16 +29,10 @@ struct Daemon {
 impl Daemon {
     /// `None` (after saying why) when QEMU or the docker CLI is not installed.
     fn start() -> Option<Self> {
-        if Command::new("qemu-system-x86_64")
-            .arg("--version")
-            .output()
-            .is_err()
-        {
-            eprintln!("SKIP: qemu-system-x86_64 is not installed (scripts/setup-vm installs it)");
+        if !qemu_present() {
             return None;
         }
-        if !Path::new(DOCKER).exists() {
-            eprintln!("SKIP: {DOCKER} is missing (package docker.io; scripts/setup installs it)");
+        if !docker::cli_present() {
             return None;
         }
         assert!(
@@ -48,28 +41,20 @@ impl Daemon {
         );
         let state = tempfile::tempdir().unwrap();
         let sock = state.path().join("docker.sock");
-        let mut child = Command::new(vch_bin())
+        let mut serve = Command::new(vch_bin());
+        serve
             .args(["serve", "--docker"])
             .arg(format!("unix:{}", sock.display()))
             .env("VCH_STATE", state.path())
             .env("VCH_ASSETS", assets())
             // No test traffic leaves this machine: QEMU's user network with restrict=on.
-            .env("VCH_NET", "isolated")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        let mut err = BufReader::new(child.stderr.take().unwrap());
-        err.read_line(&mut line).unwrap();
-        assert!(line.contains("the Docker API on unix://"), "{line}");
-        // The rest of its stderr is drained so that it never blocks on a full pipe.
-        std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+            .env("VCH_NET", "isolated");
+        let (child, host) = docker::start_serve(serve);
+        assert_eq!(host, format!("unix://{}", sock.display()));
         let d = Self {
             state,
             config: tempfile::tempdir().unwrap(),
-            host: format!("unix://{}", sock.display()),
+            host,
             child,
         };
         d.load_image();
@@ -111,11 +96,7 @@ impl Daemon {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(DOCKER);
-        c.args(args)
-            .env("DOCKER_HOST", &self.host)
-            .env("DOCKER_CONFIG", self.config.path());
-        c
+        docker::cli(&self.host, self.config.path(), args)
     }
 
     /// A docker command run to its end within 180 s.

@@ -5,11 +5,10 @@
 
 mod support;
 
-use std::io::{BufRead as _, BufReader};
+use support::docker;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-
-const DOCKER: &str = "/usr/bin/docker";
 
 /// A `vch serve` on a state root of its own, and the docker CLI pointed at it.
 struct Daemon {
@@ -22,30 +21,16 @@ struct Daemon {
 impl Daemon {
     /// `None` (after saying why) when the docker CLI is not installed (scripts/setup installs it).
     fn start(endpoint: &str) -> Option<Self> {
-        if !Path::new(DOCKER).exists() {
-            eprintln!("SKIP: {DOCKER} is missing (package docker.io; scripts/setup installs it)");
+        if !docker::cli_present() {
             return None;
         }
         let state = tempfile::tempdir().unwrap();
         let endpoint = endpoint.replace("STATE", &state.path().display().to_string());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_vch"))
+        let mut serve = Command::new(env!("CARGO_BIN_EXE_vch"));
+        serve
             .args(["serve", "--docker", &endpoint])
-            .env("VCH_STATE", state.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // It says where it listens once it does.
-        let mut line = String::new();
-        BufReader::new(child.stderr.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let host = line
-            .trim()
-            .strip_prefix("vch: the Docker API on ")
-            .unwrap_or_else(|| panic!("vch serve said {line:?}"))
-            .to_string();
+            .env("VCH_STATE", state.path());
+        let (child, host) = docker::start_serve(serve);
         Some(Self {
             state,
             config: tempfile::tempdir().unwrap(),
@@ -55,10 +40,7 @@ impl Daemon {
     }
 
     fn docker(&self, args: &[&str]) -> Output {
-        Command::new(DOCKER)
-            .args(args)
-            .env("DOCKER_HOST", &self.host)
-            .env("DOCKER_CONFIG", self.config.path())
+        docker::cli(&self.host, self.config.path(), args)
             .stdin(Stdio::null())
             .output()
             .unwrap()

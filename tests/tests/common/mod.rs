@@ -25,6 +25,18 @@ pub fn assets() -> PathBuf {
         .unwrap_or_else(|| workspace().join("target/containervm"))
 }
 
+/// Whether QEMU is installed; says why not (a skip) when it is not.
+pub fn qemu_present() -> bool {
+    let here = Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !here {
+        eprintln!("SKIP: qemu-system-x86_64 is not installed (scripts/setup-vm installs it)");
+    }
+    here
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
