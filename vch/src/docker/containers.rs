@@ -217,10 +217,8 @@ fn new_container(
     }
     // Published ports.
     for (port, bindings) in hc.port_bindings.clone().unwrap_or_default() {
-        let (num, proto) = port.split_once('/').unwrap_or((&port, "tcp"));
-        let container_port: u16 = num
-            .parse()
-            .map_err(|_| ApiError::bad_request(format!("bad port {port:?}")))?;
+        let (container_port, udp) = container_port(&port)
+            .ok_or_else(|| ApiError::bad_request(format!("bad port {port:?}")))?;
         for b in bindings.unwrap_or_default() {
             let host_port = match b.host_port.as_deref().filter(|p| !p.is_empty()) {
                 Some(p) => p
@@ -238,24 +236,16 @@ fn new_container(
                 host_ip,
                 host_port,
                 container_port,
-                udp: proto == "udp",
+                udp,
             });
         }
     }
     // -P: every exposed port (the image's and the request's) not bound above, on a free port.
     if hc.publish_all_ports.unwrap_or(false) {
-        let exposed = cfg
-            .exposed_ports
-            .iter()
-            .chain(img.exposed_ports.iter())
-            .flat_map(|m| m.keys().cloned())
-            .collect::<std::collections::BTreeSet<_>>();
-        for port in exposed {
-            let (num, proto) = port.split_once('/').unwrap_or((&port, "tcp"));
-            let Ok(container_port) = num.parse::<u16>() else {
+        for port in keys_of_both(&cfg.exposed_ports, &img.exposed_ports) {
+            let Some((container_port, udp)) = container_port(&port) else {
                 continue;
             };
-            let udp = proto == "udp";
             if new
                 .publish
                 .iter()
@@ -312,18 +302,30 @@ fn new_container(
             | VolumeArg::Nfs { target, .. } => target.clone(),
         })
         .collect();
-    let declared = cfg
-        .volumes
-        .iter()
-        .chain(img.volumes.iter())
-        .flat_map(|m| m.keys().cloned())
-        .collect::<std::collections::BTreeSet<_>>();
-    for target in declared {
+    for target in keys_of_both(&cfg.volumes, &img.volumes) {
         if !named.contains(&target) {
             new.volumes.push(VolumeArg::Anonymous { target });
         }
     }
     Ok(new)
+}
+
+/// The keys of the request's map and the image's (exposed ports, declared volumes), once each.
+fn keys_of_both<V>(
+    request: &Option<HashMap<String, V>>,
+    image: &Option<HashMap<String, V>>,
+) -> std::collections::BTreeSet<String> {
+    request
+        .iter()
+        .chain(image.iter())
+        .flat_map(|m| m.keys().cloned())
+        .collect()
+}
+
+/// A container port as docker names it, `80/tcp`, `53/udp` or `80`: the number, and whether UDP.
+fn container_port(port: &str) -> Option<(u16, bool)> {
+    let (num, proto) = port.split_once('/').unwrap_or((port, "tcp"));
+    Some((num.parse().ok()?, proto == "udp"))
 }
 
 /// The network mode of docker's default bridge: `VCH_NET` (user, isolated or none), else user.
