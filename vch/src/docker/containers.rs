@@ -537,7 +537,10 @@ pub async fn wait(api: &Arc<Api>, id: &str, req: &Request<Incoming>) -> ApiResul
                 Err(_) => return,
             }
         } else {
-            crate::commands::wait_for(Duration::from_secs(u64::MAX / 4), || !c.vm_running()).await;
+            // Not running: the exit the watcher records (no polling while a long wait waits).
+            if c.vm_running() && rx.wait_for(|e| e.count > seen).await.is_err() {
+                return;
+            }
             c.exit_status().unwrap_or(0)
         };
         if condition == "removed" {
@@ -999,9 +1002,15 @@ pub fn logs(api: &Arc<Api>, id: &str, req: &Request<Incoming>) -> ApiResult {
     };
     let (resp, tx) = super::streaming(kind);
     tokio::spawn(async move {
-        let file = c.output_log();
-        let bytes = tokio::fs::read(&file).await.unwrap_or_default();
-        let (entries, mut used) = tether_proto::iolog::decode_complete(&bytes);
+        use tokio::io::AsyncReadExt as _;
+        // One handle on the log, read on from where it was: QEMU appends to it.
+        let Ok(mut file) = tokio::fs::File::open(c.output_log()).await else {
+            return;
+        };
+        let mut pending = Vec::new();
+        let _ = file.read_to_end(&mut pending).await;
+        let (entries, used) = tether_proto::iolog::decode_complete(&pending);
+        pending.drain(..used);
         let mut lines = opts.lines(&entries);
         if let Some(n) = tail {
             lines.drain(..lines.len().saturating_sub(n));
@@ -1017,13 +1026,11 @@ pub fn logs(api: &Arc<Api>, id: &str, req: &Request<Incoming>) -> ApiResult {
         let mut partial = PartialLines::default();
         loop {
             let ended = !c.vm_running();
-            let bytes = tokio::fs::read(&file).await.unwrap_or_default();
-            if bytes.len() < used {
-                used = 0; // a new run's log
-            }
-            let (entries, n) = tether_proto::iolog::decode_complete(&bytes[used..]);
-            used += n;
-            for l in partial.push(&opts, &entries) {
+            let _ = file.read_to_end(&mut pending).await;
+            let (entries, used) = tether_proto::iolog::decode_complete(&pending);
+            pending.drain(..used);
+            // At the end, a last line without its newline goes too.
+            for l in partial.push_all(&opts, &entries, ended) {
                 if tx.send(Bytes::from(l)).await.is_err() {
                     return;
                 }
@@ -1090,10 +1097,6 @@ struct PartialLines {
 }
 
 impl PartialLines {
-    fn push(&mut self, v: &LogView, entries: &[tether_proto::iolog::Entry]) -> Vec<Vec<u8>> {
-        self.push_all(v, entries, false)
-    }
-
     fn push_all(
         &mut self,
         v: &LogView,
