@@ -32,15 +32,17 @@ pub fn tool(name: &str) -> PathBuf {
     PathBuf::from(name)
 }
 
-fn tree_bytes(dir: &Path) -> u64 {
+/// The bytes of the files under `dir`, with `per_entry` more for each entry (a filesystem's
+/// inode and block slack when sizing one; none for an image's size as docker shows it).
+pub fn tree_bytes(dir: &Path, per_entry: u64) -> u64 {
     let mut total = 0;
     for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let Ok(m) = e.path().symlink_metadata() else {
             continue;
         };
-        total += 4096
+        total += per_entry
             + if m.is_dir() {
-                tree_bytes(&e.path())
+                tree_bytes(&e.path(), per_entry)
             } else {
                 m.len()
             };
@@ -83,7 +85,7 @@ pub fn build_sized(
         bail!("{}: no such directory or tar file", from.display());
     };
     // Room for the files, the journal and what the container writes.
-    let mib = size_mib.unwrap_or((tree_bytes(&tree) * 3 / 2 / (1 << 20) + 64).max(64));
+    let mib = size_mib.unwrap_or((tree_bytes(&tree, 4096) * 3 / 2 / (1 << 20) + 64).max(64));
     let raw = work.path().join("disk.raw");
     // Inode tables and journal written out here: otherwise the guest's ext4lazyinit thread
     // zeroes them in the background right after the mount, taking the CPU from the container's

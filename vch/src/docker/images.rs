@@ -138,7 +138,7 @@ fn register(root: &Path, mut img: Image, rootfs: &Path) -> anyhow::Result<Image>
     }
     if !img.disk(root).exists() {
         add_mount_points(rootfs)?;
-        img.size = dir_size(rootfs);
+        img.size = crate::image::tree_bytes(rootfs, 0);
         std::fs::create_dir_all(img.dir(root))?;
         crate::image::build(rootfs, &img.disk(root), crate::image::LABEL)?;
     }
@@ -155,21 +155,6 @@ fn add_mount_points(rootfs: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-fn dir_size(dir: &Path) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let Ok(m) = e.path().symlink_metadata() else {
-            continue;
-        };
-        total += if m.is_dir() {
-            dir_size(&e.path())
-        } else {
-            m.len()
-        };
-    }
-    total
 }
 
 /// A layer's path inside the rootfs, refusing names that climb out of it.
