@@ -526,6 +526,7 @@ fn vch_attach_rate(tether: &Path, vch: &Path, dir: &Path, bytes: u64) -> anyhow:
 }
 
 mod reliability;
+mod scale;
 mod vm;
 
 fn main() -> anyhow::Result<()> {
@@ -539,6 +540,12 @@ fn main() -> anyhow::Result<()> {
             reliability::report(Path::new(file), header.map_or("", |h| h.as_str()))?
         );
         return Ok(());
+    }
+    if args.get(1).map(String::as_str) == Some("scale") {
+        let Some(tether) = args.get(2) else {
+            bail!("usage: tether-bench scale TETHER");
+        };
+        return scale::run(Path::new(tether));
     }
     if args.get(1).map(String::as_str) == Some("vm") {
         let (Some(vch), Some(assets)) = (args.get(2), args.get(3)) else {

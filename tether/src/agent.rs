@@ -170,6 +170,7 @@ impl Agent {
                     .map(|(id, s)| (id.clone(), SessionKind::Exec, s.clone())),
             )
             .collect();
+        self.forget_ended_and_unlisted();
         let mut initial = Vec::new();
         let mut to_start = Vec::new();
         for (id, kind, scfg) in wanted {
@@ -217,6 +218,34 @@ impl Agent {
             }
         }
         Ok(())
+    }
+
+    /// Forgets the execs that have ended and that the config no longer lists (a host removes a
+    /// finished exec's keys): their memory goes, and an attach to one is refused as to any
+    /// unknown ID. Without this every exec ever run would stay.
+    fn forget_ended_and_unlisted(&mut self) {
+        let gone: Vec<String> = self
+            .sessions
+            .keys()
+            .filter(|id| {
+                !self.cfg.sessions.contains_key(*id)
+                    && !self.cfg.execs.contains_key(*id)
+                    && !self.live.contains_key(*id)
+            })
+            .cloned()
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        for id in &gone {
+            self.sessions.remove(id);
+            registry.remove(id);
+        }
+        tracing::debug!(
+            "forgot {} ended execs the config no longer lists",
+            gone.len()
+        );
     }
 
     /// Starts the attach server once the config (and with it the host key) is known.

@@ -64,9 +64,10 @@ fn secs(s: f64) -> Duration {
     Duration::try_from_secs_f64(s.max(0.0)).unwrap_or(Duration::MAX)
 }
 
-/// Opens a log destination: a serial device (made raw) or a file (appended to).
+/// Opens a log destination: a serial device (made raw: a path under `/dev`, which must exist)
+/// or a file (appended to; `/dev/shm` holds files).
 fn open_log(path: &Path) -> anyhow::Result<File> {
-    let result = if path.starts_with("/dev/") {
+    let result = if path.starts_with("/dev/") && !path.starts_with("/dev/shm/") {
         crate::sys::serial::open_raw(path, true)
     } else {
         OpenOptions::new().create(true).append(true).open(path)

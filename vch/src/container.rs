@@ -457,12 +457,136 @@ impl Container {
     /// Adds an exec session to the guestinfo (the tether sees it at its next reload): the
     /// config is decoded, given the exec (its fields and the `execs` map's index), and written
     /// back whole, under the file's lock.
-    pub fn add_exec(&self, id: &str, session: &SessionConfig) -> anyhow::Result<()> {
-        self.update_config(
-            |_| false,
-            |cfg| {
-                cfg.execs.insert(id.to_string(), session.clone());
-            },
-        )
+    /// Adds exec `id` to the config; the execs that ended before the newest
+    /// [`ENDED_EXECS_KEPT`] go (returned with their last state).
+    pub fn add_exec(
+        &self,
+        id: &str,
+        session: &SessionConfig,
+    ) -> anyhow::Result<Vec<(String, SessionConfig)>> {
+        let mut outcome = Ok(Vec::new());
+        VmxFile::open(self.config_file())?.update(|kv| outcome = add_exec_to(kv, id, session))?;
+        Ok(outcome?)
+    }
+}
+
+/// Ended execs kept in a container's config (the newest by stop time), for `docker exec inspect`
+/// of a detached exec. Older ones are removed when an exec is added: the config, and with it the
+/// tether's memory and every reload's work, would otherwise grow with every exec ever run.
+pub const ENDED_EXECS_KEPT: usize = 16;
+
+/// Whether an exec's state says it is over: exited (a stop time at or after its start), or its
+/// launch failed (`started` holds the reason).
+pub fn exec_ended(s: &SessionConfig) -> bool {
+    match s.started.as_str() {
+        "" => false,
+        "true" => s.detail.stop_time != 0 && s.detail.stop_time >= s.detail.start_time,
+        _ => true,
+    }
+}
+
+/// Adds exec `id` to the config keys `kv`, removing every key of the execs that ended before the
+/// newest [`ENDED_EXECS_KEPT`]. Returns those execs with their last state.
+pub fn add_exec_to(
+    kv: &mut KeyValues,
+    id: &str,
+    session: &SessionConfig,
+) -> Result<Vec<(String, SessionConfig)>, tether_proto::extraconfig::CodecError> {
+    use tether_proto::config::SessionKind;
+    let (mut cfg, _) = ExecutorConfig::decode(kv)?;
+    let mut ended: Vec<(i64, String)> = cfg
+        .execs
+        .iter()
+        .filter(|(_, s)| exec_ended(s))
+        .map(|(i, s)| (s.detail.stop_time, i.clone()))
+        .collect();
+    ended.sort_by(|a, b| b.cmp(a));
+    let mut removed = Vec::new();
+    for (_, old) in ended.into_iter().skip(ENDED_EXECS_KEPT) {
+        if let Some(s) = cfg.execs.remove(&old) {
+            for k in s.encode(SessionKind::Exec, &old).keys() {
+                kv.remove(k);
+            }
+            removed.push((old, s));
+        }
+    }
+    // The list of execs is written anew (an empty map writes no key at all).
+    kv.remove(
+        &tether_proto::extraconfig::Path::root()
+            .field("execs")
+            .non_persistent()
+            .key(),
+    );
+    cfg.execs.insert(id.to_string(), session.clone());
+    for (k, v) in cfg.encode() {
+        kv.insert(k, v);
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tether_proto::config::SessionKind;
+
+    fn exec(started: &str, start: i64, stop: i64) -> SessionConfig {
+        let mut s = SessionConfig::default();
+        s.cmd.path = "/bin/true".into();
+        s.cmd.args = vec!["true".into()];
+        s.started = started.into();
+        s.detail.start_time = start;
+        s.detail.stop_time = stop;
+        s.exit_status = 3;
+        s
+    }
+
+    #[test]
+    fn adding_an_exec_removes_the_oldest_ended_ones_and_every_key_of_theirs() {
+        let mut cfg = ExecutorConfig::default();
+        cfg.common.id = "c".into();
+        // 20 ended (stop times 100..120), one failed long ago, one running, one not started.
+        for i in 0..20 {
+            cfg.execs
+                .insert(format!("done{i}"), exec("true", 50, 100 + i));
+        }
+        cfg.execs
+            .insert("failed".into(), exec("no such file", 0, 0));
+        cfg.execs.insert("running".into(), exec("true", 90, 0));
+        cfg.execs.insert("waiting".into(), exec("", 0, 0));
+        let mut kv: KeyValues = cfg.encode().into_iter().collect();
+        let before = kv.iter().count();
+        let removed = add_exec_to(&mut kv, "new", &exec("", 0, 0)).unwrap();
+        let mut gone: Vec<&str> = removed.iter().map(|(i, _)| i.as_str()).collect();
+        gone.sort();
+        // 21 ended: the 16 newest stay; the failed one (stop time 0) and the 4 oldest go.
+        assert_eq!(gone, ["done0", "done1", "done2", "done3", "failed"]);
+        assert!(removed.iter().all(|(_, s)| s.exit_status == 3));
+        let (after, _) = ExecutorConfig::decode(&mut kv.clone()).unwrap();
+        assert_eq!(after.execs.len(), 16 + 3);
+        for id in ["running", "waiting", "new", "done4", "done19"] {
+            assert!(after.execs.contains_key(id), "{id}");
+        }
+        // Not one key of a removed exec is left, and the list names only what is there.
+        for (id, _) in &removed {
+            let of_it = |k: &str| {
+                ['/', '.', '@']
+                    .iter()
+                    .any(|c| k.contains(&format!("|{id}{c}")))
+            };
+            let left: Vec<&str> = kv.iter().map(|(k, _)| k).filter(|k| of_it(k)).collect();
+            assert!(left.is_empty(), "keys of {id} are left: {left:?}");
+        }
+        let list = kv
+            .get(&SessionKind::Exec.path("x").key().replace("|x", ""))
+            .unwrap_or_default();
+        assert_eq!(list.split('|').count(), 19, "{list}");
+        assert!(!list.split('|').any(|i| gone.contains(&i)), "{list}");
+        assert!(kv.iter().count() < before);
+        assert!(!exec_ended(&exec("true", 90, 0)));
+        assert!(exec_ended(&exec("true", 90, 90)));
+        assert!(
+            !exec_ended(&exec("true", 90, 80)),
+            "a stop time of an earlier run"
+        );
     }
 }

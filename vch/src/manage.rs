@@ -387,14 +387,15 @@ pub fn remove(root: &Path, c: &Container, force: bool, volumes: bool) -> anyhow:
 
 /// Starts an exec in a running containerVM as VIC's VCH does: the session added to its config,
 /// a `reload` through the VM's tools (else over the attach line `h`), then the wait for the
-/// tether to list it.
+/// tether to list it. Returns the ended execs that left the config to make room (with their last
+/// state), for whoever keeps records of them.
 pub async fn start_exec(
     c: &Container,
     h: &ssh::Handle,
     exec_id: &str,
     session: &tether_proto::config::SessionConfig,
-) -> anyhow::Result<()> {
-    c.add_exec(exec_id, session)?;
+) -> anyhow::Result<Vec<(String, tether_proto::config::SessionConfig)>> {
+    let removed = c.add_exec(exec_id, session)?;
     if !crate::commands::tools_program(c, "reload", "").await
         && h.global_request("reload", true, Vec::new())
             .await?
@@ -413,5 +414,5 @@ pub async fn start_exec(
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(())
+    Ok(removed)
 }

@@ -673,6 +673,80 @@ fn exec_by_reload_request_is_pushed_to_the_host_and_attachable() {
     );
 }
 
+/// A host that removes an ended exec's keys (as `vch` does past the newest few) and reloads: the
+/// tether forgets it (an attach gets VIC's refusal for an unknown ID), while a running exec the
+/// host removed goes on to its end.
+#[test]
+fn execs_the_host_removed_are_forgotten_once_ended() {
+    let (rt, listener, t) = listening_tether(&config(session(&["sleep", "30"])), &[]);
+    let file = t.dir.path().join("gi.vmx");
+    rt.block_on(async move {
+        let line = listener.accept().await.unwrap();
+        let h = vch::attach::connect(line, Duration::from_secs(30))
+            .await
+            .unwrap();
+        let mut quick = session(&["/bin/sh", "-c", "exit 4"]);
+        quick.run_block = true;
+        let mut slow = session(&["/bin/sh", "-c", "sleep 1; echo still here"]);
+        slow.run_block = true;
+        let add = |id: &str, s: &SessionConfig| {
+            VmxFile::open(&file)
+                .unwrap()
+                .update(|kv| {
+                    vch::container::add_exec_to(kv, id, s).unwrap();
+                })
+                .unwrap();
+        };
+        let reload = || async {
+            h.global_request("reload", true, Vec::new()).await.unwrap();
+        };
+        add("quick", &quick);
+        add("slow", &slow);
+        reload().await;
+        while vch::attach::container_ids(&h).await.unwrap().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut ch = attach_unblocked(&h, b"quick").await;
+        assert_eq!(output_and_status(&mut ch).await.1, Some(vec![0, 0, 0, 4]));
+        let mut slow_ch = attach_unblocked(&h, b"slow").await;
+        // Both leave the config; the running one is not stopped.
+        VmxFile::open(&file)
+            .unwrap()
+            .update(|kv| {
+                let gone: Vec<String> = kv
+                    .iter()
+                    .map(|(k, _)| k.to_string())
+                    .filter(|k| k.contains("execs"))
+                    .collect();
+                for k in gone {
+                    kv.remove(&k);
+                }
+            })
+            .unwrap();
+        reload().await;
+        // The agent reloads after answering: until then an attach hears that it has ended.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let refused = h.open("attach", b"quick".to_vec()).await.unwrap();
+            let Err(why) = refused else {
+                panic!("an attach to an ended exec was let in");
+            };
+            if why.to_string().contains("session quick is invalid") {
+                break;
+            }
+            assert!(why.to_string().contains("exit code: 4"), "{why}");
+            assert!(Instant::now() < deadline, "still known: {why}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let (out, status) = output_and_status(&mut slow_ch).await;
+        assert_eq!(
+            (out.as_slice(), status),
+            (&b"still here\n"[..], Some(vec![0, 0, 0, 0]))
+        );
+        h.disconnect("done").await;
+    });
+}
+
 #[test]
 fn attach_over_a_serial_line() {
     use std::os::fd::AsRawFd as _;

@@ -504,6 +504,29 @@ impl ExecutorConfig {
         Ok((cfg, warnings))
     }
 
+    /// Forgets the execs `source` no longer lists. The decoder keeps map entries that are not
+    /// listed (as VIC's does); for execs that would keep every exec ever run, and a host that
+    /// removes a finished exec's keys means it gone.
+    pub fn forget_unlisted_execs(&mut self, source: &mut dyn Source) -> Result<(), CodecError> {
+        /// A map entry read for its name alone.
+        #[derive(Default)]
+        struct Name;
+        impl Node for Name {
+            fn visit(&mut self, _: &mut dyn Visitor, _: &Path) -> Result<(), CodecError> {
+                Ok(())
+            }
+        }
+        let mut listed: BTreeMap<String, Name> = BTreeMap::new();
+        let mut dec = extraconfig::Decoder::new(source);
+        map(
+            &mut dec,
+            &Path::root().field("execs").non_persistent(),
+            &mut listed,
+        )?;
+        self.execs.retain(|id, _| listed.contains_key(id));
+        Ok(())
+    }
+
     /// The primary session: the one with the container's ID, else the only session there is.
     pub fn primary_id(&self) -> Option<&str> {
         let id = &self.common.id;

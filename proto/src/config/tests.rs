@@ -488,3 +488,36 @@ fn an_ipnet_from_a_prefix_and_back() {
     assert_eq!(go.prefix(), Some(16));
     assert_eq!(IpNet::default().prefix(), None);
 }
+
+#[test]
+fn execs_the_host_removed_are_forgotten_on_the_next_read() {
+    let exec = |path: &str| SessionConfig {
+        cmd: Cmd {
+            path: path.into(),
+            ..Cmd::default()
+        },
+        ..SessionConfig::default()
+    };
+    let mut cfg = ExecutorConfig::default();
+    cfg.common.id = "c".into();
+    cfg.sessions.insert("c".into(), exec("/bin/sleep"));
+    cfg.execs.insert("old".into(), exec("/bin/true"));
+    cfg.execs.insert("kept".into(), exec("/bin/false"));
+    let mut kv: KeyValues = cfg.encode().into_iter().collect();
+    let (mut read, _) = ExecutorConfig::decode(&mut kv).unwrap();
+    // The host removes `old` (its keys and its name in the list): merging alone keeps it, as
+    // VIC's decoder does; forgetting the unlisted drops it and nothing else.
+    cfg.execs.remove("old");
+    let mut kv: KeyValues = cfg.encode().into_iter().collect();
+    read.decode_from(&mut kv).unwrap();
+    assert!(read.execs.contains_key("old"));
+    read.forget_unlisted_execs(&mut kv).unwrap();
+    assert_eq!(read.execs.keys().collect::<Vec<_>>(), ["kept"]);
+    assert_eq!(read.sessions.len(), 1);
+    // No exec left at all: the list key is gone too, and so are they.
+    cfg.execs.clear();
+    let mut kv: KeyValues = cfg.encode().into_iter().collect();
+    read.decode_from(&mut kv).unwrap();
+    read.forget_unlisted_execs(&mut kv).unwrap();
+    assert!(read.execs.is_empty());
+}

@@ -1,12 +1,10 @@
 //! What goes out on an attach channel: a session's output (packed by the connection, at most
 //! [`IN_FLIGHT`] handed on at a time), then its end (`exit-status` or `exit-signal`, EOF, CLOSE).
 
+use crate::session::fanout::{self, Output, Subscription};
+use crate::session::reaper::Exit;
 use ssh::{wire, ChannelId, Handle};
 use tether_proto::iolog::Stream;
-use tokio::sync::mpsc;
-
-use crate::session::fanout::Output;
-use crate::session::reaper::Exit;
 
 /// `exit-status` or `exit-signal`, then EOF and CLOSE.
 pub(super) async fn report_end(h: &Handle, ch: ChannelId, exit: Exit) {
@@ -36,19 +34,22 @@ pub(super) async fn report_end(h: &Handle, ch: ChannelId, exit: Exit) {
 /// Bytes of a client's output handed to the connection before waiting for the first of them to
 /// be on its way: a few chunks (one read of the session's pipe each, often a page) queued there
 /// go out packed in full packets, and a packet, its MAC and the client's write cost about the
-/// same for 4 KiB as for 32.
+/// same for 4 KiB as for 32. Less when many clients are attached: no more than a client's share
+/// of the fanout's budget ([`fanout::share`]), which bounds the tether's memory per session.
 const IN_FLIGHT: usize = 64 * 1024;
 
-/// Forgets what is on its way of `in_flight`; past [`IN_FLIGHT`] bytes handed on, waits for the
-/// oldest: the line's pace then holds this client's queue (and, at its end, the session).
+/// Forgets what is on its way of `in_flight`; past [`IN_FLIGHT`] bytes (or the client's share)
+/// handed on, waits for the oldest: the line's pace then holds this client's queue (and, at its
+/// end, the session).
 async fn settle(
     in_flight: &mut std::collections::VecDeque<(usize, ssh::Queued)>,
     handed: &mut usize,
 ) -> Result<(), ssh::SshError> {
+    let limit = IN_FLIGHT.min(fanout::share());
     while let Some((n, q)) = in_flight.front_mut() {
         let n = *n;
         if !q.is_sent()? {
-            if *handed <= IN_FLIGHT {
+            if *handed <= limit {
                 break;
             }
             if let Some((_, q)) = in_flight.pop_front() {
@@ -64,12 +65,7 @@ async fn settle(
 
 /// Sends a session's output to one channel; at the end `exit-status` (or `exit-signal`), EOF and
 /// CLOSE. Without a pty, stderr goes as extended data 1.
-pub(super) async fn forward(
-    h: Handle,
-    ch: ChannelId,
-    tty: bool,
-    mut outputs: mpsc::Receiver<Output>,
-) {
+pub(super) async fn forward(h: Handle, ch: ChannelId, tty: bool, mut outputs: Subscription) {
     let mut in_flight: std::collections::VecDeque<(usize, ssh::Queued)> = Default::default();
     let mut handed = 0usize;
     while let Some(out) = outputs.recv().await {

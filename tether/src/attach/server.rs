@@ -119,7 +119,12 @@ impl Handler for Attach {
         let _ = session.input().send(InputMsg::Reader(reader));
         let handle = self.handle.clone().expect("authenticated");
         tokio::spawn(forward(handle, ch, session.config().tty, outputs));
-        tracing::info!(session = %id, channel = ch.0, "attached");
+        tracing::info!(
+            session = %id,
+            channel = ch.0,
+            clients = crate::session::fanout::attached(),
+            "attached"
+        );
         self.channels.insert(
             ch,
             Attached {

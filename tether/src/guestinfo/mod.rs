@@ -92,7 +92,12 @@ impl Guestinfo {
                                 .refresh()
                                 .map_err(|e| e.to_string())
                                 .and_then(|()| {
-                                    cfg.decode_from(&mut AsSource(gi.as_mut()))
+                                    let mut source = AsSource(gi.as_mut());
+                                    cfg.decode_from(&mut source)
+                                        .and_then(|warnings| {
+                                            cfg.forget_unlisted_execs(&mut source)?;
+                                            Ok(warnings)
+                                        })
                                         .map_err(|e| e.to_string())
                                 })
                                 .map(|warnings| (*cfg, warnings));

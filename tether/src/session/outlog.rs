@@ -17,8 +17,9 @@ pub type LogOpener = Box<dyn FnOnce() -> Option<Box<dyn Write + Send>> + Send>;
 
 /// How long a line without its newline waits before it is written as an entry of its own.
 pub const PARTIAL_LINE_DELAY: Duration = Duration::from_millis(500);
-/// Chunks queued for the log thread (each at most one read, 16 KiB).
-const QUEUE: usize = 256;
+/// Chunks queued for the log thread (each at most one read, 16 KiB, shared with the clients'
+/// queues): 1 MiB at most, whatever the number of sessions.
+const QUEUE: usize = 64;
 
 enum Msg {
     Data {
@@ -26,7 +27,7 @@ enum Msg {
         exec: bool,
         stream: Stream,
         time_nanos: u64,
-        data: Vec<u8>,
+        data: Arc<[u8]>,
     },
     /// Write what is pending for `session` (all sessions when `None`) and flush the device.
     Flush {
@@ -149,7 +150,7 @@ impl OutputLog {
     }
 
     /// Queues output of `session`; waits while the queue is full.
-    pub async fn write(&self, session: &Arc<str>, exec: bool, stream: Stream, data: Vec<u8>) {
+    pub async fn write(&self, session: &Arc<str>, exec: bool, stream: Stream, data: Arc<[u8]>) {
         if let Some(tx) = &self.tx {
             let msg = Msg::Data {
                 session: session.clone(),

@@ -113,9 +113,18 @@ pub async fn start(api: &Arc<Api>, id: &str, req: Request<Incoming>) -> ApiResul
     let spec = session(&cfg, attached);
     let session = crate::container::session(id, &c.meta.name, &spec);
     let h = crate::commands::connect_container(&c).await?;
-    crate::manage::start_exec(&c, &h, id, &session).await?;
-    if let Some(r) = api.execs.lock().expect("execs").get_mut(id) {
-        r.started = true;
+    let removed = crate::manage::start_exec(&c, &h, id, &session).await?;
+    {
+        let mut records = api.execs.lock().expect("execs");
+        if let Some(r) = records.get_mut(id) {
+            r.started = true;
+        }
+        // Execs whose keys left the config keep their exit status here, for inspect.
+        for (old, state) in removed {
+            if let Some(r) = records.get_mut(&old) {
+                r.exit_code.get_or_insert(state.exit_status);
+            }
+        }
     }
     if !attached || !hijacking {
         h.disconnect("done").await;

@@ -1,0 +1,307 @@
+//! `tether-bench scale TETHER`: many execs in one containerVM (issue 18), through the attach
+//! protocol as a VCH drives it (one SSH connection over loopback, an `attach` channel per exec,
+//! execs added to the config and a `reload` asked for).
+//!
+//! - 100 execs at once, each streaming to its own channel: aggregate throughput against one exec
+//!   streaming the same total in the same run, the tether's RSS growth per session (its peak
+//!   while they run against its RSS before), and every exit status;
+//! - 1 000 execs one after another, each attached to its end: the tether's RSS along the way.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use tether_proto::config::SessionConfig;
+use tether_proto::guestinfo::vmx::VmxFile;
+
+use crate::{rss_kib, session, write_config};
+
+/// A tether in process mode with a primary that waits, and the host connected to it.
+struct Containervm {
+    child: std::process::Child,
+    cfg: std::path::PathBuf,
+    h: ssh::Handle,
+}
+
+impl Containervm {
+    async fn start(tether: &Path, dir: &Path) -> anyhow::Result<Self> {
+        let cfg = dir.join("scale.vmx");
+        write_config(&cfg, session(&["sleep", "3600"]))?;
+        let addr = vch::guestinfo_server::ListenAddr::Tcp("127.0.0.1:0".into());
+        let listener = vch::attach::bind(&addr).await?;
+        let port = listener.tcp_port().context("a TCP port")?;
+        let child = Command::new(tether)
+            .args(["run", "--runblock-timeout", "60", "--guestinfo"])
+            .arg(&cfg)
+            .args(["--attach", &format!("tcp:127.0.0.1:{port}"), "--debug-log"])
+            .arg(dir.join("scale.debug"))
+            .arg("--output-log")
+            .arg(dir.join("scale.out"))
+            .spawn()?;
+        let line = listener.accept().await?;
+        let h = vch::attach::connect(line, Duration::from_secs(30)).await?;
+        Ok(Self { child, cfg, h })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Adds `execs` to the config (RunBlock, as a VCH does so that nothing is missed), asks for a
+    /// reload, and waits until the tether lists them all.
+    async fn add_execs(&self, execs: &[(String, SessionConfig)]) -> anyhow::Result<()> {
+        // As `vch` adds an exec (the ended ones beyond the newest few leave the config).
+        let mut outcome = Ok(());
+        VmxFile::open(&self.cfg)?.update(|kv| {
+            for (id, s) in execs {
+                let mut s = s.clone();
+                s.run_block = true;
+                if let Err(e) = vch::container::add_exec_to(kv, id, &s) {
+                    outcome = Err(e);
+                }
+            }
+        })?;
+        outcome?;
+        if self
+            .h
+            .global_request("reload", true, Vec::new())
+            .await?
+            .is_none()
+        {
+            bail!("the tether refused the reload");
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ids = vch::attach::container_ids(&self.h).await?;
+            if execs.iter().all(|(id, _)| ids.contains(id)) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the tether did not list the execs within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// An attach channel to `id`, unblocked.
+    async fn attach(&self, id: &str) -> anyhow::Result<ssh::Channel> {
+        let ch = self
+            .h
+            .open("attach", id.as_bytes().to_vec())
+            .await?
+            .map_err(|e| anyhow::anyhow!("attach {id}: {e}"))?;
+        ch.request("unblock", true, b"Unblock".to_vec()).await?;
+        Ok(ch)
+    }
+}
+
+impl Drop for Containervm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Everything a channel carries to its CLOSE: the data's length and the exit status.
+async fn drain(ch: ssh::Channel) -> (u64, Option<i32>) {
+    let (bytes, status, _) = drain_timed(ch).await;
+    (bytes, status)
+}
+
+/// [`drain`], and when the first byte came.
+async fn drain_timed(mut ch: ssh::Channel) -> (u64, Option<i32>, Option<Instant>) {
+    let mut bytes = 0u64;
+    let mut status = None;
+    let mut first = None;
+    while let Some(ev) = ch.recv().await {
+        match ev {
+            ssh::ChannelEvent::Data(d) => {
+                first.get_or_insert_with(Instant::now);
+                bytes += d.len() as u64
+            }
+            ssh::ChannelEvent::Request { name, data } => {
+                status = status.or(vch::attach::exit_status(&name, &data))
+            }
+            ssh::ChannelEvent::Closed => break,
+            _ => {}
+        }
+    }
+    (bytes, status, first)
+}
+
+/// Samples a process's RSS every 5 ms while it runs, keeping the peak.
+struct PeakRss {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PeakRss {
+    fn start(pid: u32) -> Self {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Ok(kib) = rss_kib(pid) {
+                    p.fetch_max(kib, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Self {
+            peak,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// An exec writing `bytes` of zeros and exiting with `status`.
+fn streaming_exec(bytes: u64, status: i32) -> SessionConfig {
+    session(&[
+        "/bin/sh",
+        "-c",
+        &format!("head -c {bytes} /dev/zero; exit {status}"),
+    ])
+}
+
+/// Runs `n` execs at once, each streaming `each` bytes to its own channel (or, with `each` 0,
+/// sleeping a second): (MB/s from the first unblock to the last CLOSE, the tether's peak RSS in
+/// KiB). Fails on a short stream or a wrong exit status.
+async fn at_once(vm: &Containervm, tag: &str, n: usize, each: u64) -> anyhow::Result<(f64, u64)> {
+    let execs: Vec<(String, SessionConfig)> = (0..n)
+        .map(|i| {
+            let status = (i % 120 + 1) as i32;
+            let exec = match each {
+                0 => session(&["/bin/sh", "-c", &format!("sleep 1; exit {status}")]),
+                _ => streaming_exec(each, status),
+            };
+            (format!("{tag}{i}"), exec)
+        })
+        .collect();
+    vm.add_execs(&execs).await?;
+    let sampler = PeakRss::start(vm.pid());
+    // Every channel open and subscribed before the first unblock, so that all run together.
+    let mut channels = Vec::new();
+    for (id, _) in &execs {
+        let ch =
+            vm.h.open("attach", id.as_bytes().to_vec())
+                .await?
+                .map_err(|e| anyhow::anyhow!("attach {id}: {e}"))?;
+        channels.push(ch);
+    }
+    let mut readers = Vec::new();
+    for ch in channels {
+        ch.request("unblock", true, b"Unblock".to_vec()).await?;
+        readers.push(tokio::spawn(drain_timed(ch)));
+    }
+    let mut total = 0u64;
+    let mut t0: Option<Instant> = None;
+    for (i, r) in readers.into_iter().enumerate() {
+        let (bytes, status, first) = r.await?;
+        t0 = match (t0, first) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let want = (i % 120 + 1) as i32;
+        if bytes != each || status != Some(want) {
+            bail!("exec {tag}{i}: {bytes} of {each} bytes, exit status {status:?} (want {want})");
+        }
+        total += bytes;
+    }
+    // From the first byte (as the user's path is timed) to the last CLOSE.
+    let secs = t0.map_or(f64::NAN, |t| t.elapsed().as_secs_f64());
+    Ok((total as f64 / 1e6 / secs, sampler.finish()))
+}
+
+pub fn run(tether: &Path) -> anyhow::Result<()> {
+    const N: usize = 100;
+    const EACH: u64 = 8 << 20;
+    const ROUNDS: usize = 5;
+    // In memory: the output log gets every byte (2.4 GB in all), and a disk's writeback would
+    // be the noise of this figure.
+    let dir = tempfile::tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir())?;
+    // One thread, as `vch` runs.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let vm = Containervm::start(tether, dir.path()).await?;
+        // The same total through one exec first, as the baseline; rounds interleaved.
+        println!("# scale: {N} execs at once, each {} MiB to its own attach channel, against one exec streaming {} MiB (one SSH connection, loopback)", EACH >> 20, (N as u64 * EACH) >> 20);
+        let before = rss_kib(vm.pid())?;
+        let (_, peak) = at_once(&vm, "idle-", N, 0).await?;
+        println!(
+            "{N} attached execs at once, no output: RSS {before} KiB before, {peak} KiB at the peak: {:.1} KiB per session",
+            peak.saturating_sub(before) as f64 / N as f64
+        );
+        let (mut ratios, mut pers) = (Vec::new(), Vec::new());
+        for round in 0..ROUNDS {
+            let (one, _) = at_once(&vm, &format!("one{round}-"), 1, N as u64 * EACH).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let before = rss_kib(vm.pid())?;
+            let (many, peak) = at_once(&vm, &format!("many{round}-"), N, EACH).await?;
+            let per = peak.saturating_sub(before) as f64 / N as f64;
+            println!(
+                "round {}: one exec {one:.0} MB/s; {N} at once {many:.0} MB/s in all ({:.2}x); RSS {before} KiB before, {peak} KiB at the peak ({per:.1} KiB per session); every exit status right",
+                round + 1,
+                many / one
+            );
+            ratios.push(many / one);
+            pers.push(per);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        println!(
+            "{N} at once against one, median of {ROUNDS} rounds: {:.2}x (target >= 0.9x); RSS growth per session, median {:.1} KiB, most {:.1} KiB (target <= 64 KiB)",
+            crate::median(ratios),
+            crate::median(pers.clone()),
+            pers.iter().copied().fold(0.0, f64::max)
+        );
+        drop(vm);
+        // One after another: RSS along the way.
+        let vm = Containervm::start(tether, dir.path()).await?;
+        let mut marks = Vec::new();
+        let t0 = Instant::now();
+        for i in 0..1000usize {
+            let id = format!("seq{i}");
+            let status = (i % 120) as i32;
+            vm.add_execs(&[(id.clone(), streaming_exec(1024, status))])
+                .await?;
+            let (bytes, got) = drain(vm.attach(&id).await?).await;
+            if bytes != 1024 || got != Some(status) {
+                bail!("exec {id}: {bytes} bytes, exit status {got:?} (want {status})");
+            }
+            if [10, 100, 250, 500, 750, 1000].contains(&(i + 1)) {
+                marks.push((i + 1, rss_kib(vm.pid())?, t0.elapsed()));
+            }
+        }
+        // RSS after so many execs, and the time each of the execs since the last mark took.
+        let mut text = Vec::new();
+        let mut prev = (0usize, Duration::ZERO);
+        for (n, kib, at) in &marks {
+            let each = (*at - prev.1).as_secs_f64() * 1e3 / (n - prev.0) as f64;
+            text.push(format!("{n}: {kib} KiB ({each:.1} ms each)"));
+            prev = (*n, *at);
+        }
+        let first = marks.iter().find(|m| m.0 == 100).map_or(0, |m| m.1);
+        let last = marks.last().map_or(0, |m| m.1);
+        println!(
+            "1000 execs one after another, each attached to its end (1 KiB of output, its exit status checked): RSS after {}; from the 100th to the 1000th {:+} KiB (target: flat)",
+            text.join(", "),
+            last as i64 - first as i64
+        );
+        Ok(())
+    })
+}
