@@ -69,14 +69,19 @@ struct Tether {
 
 impl Tether {
     fn start(cfg: &ExecutorConfig, port: u16, extra: &[&str]) -> Self {
+        // A bare HOST:PORT is a TCP address (the bench writes tcp:HOST:PORT).
+        Self::start_on(cfg, &format!("127.0.0.1:{port}"), extra)
+    }
+
+    /// A tether whose attach line is `line` (`serial:DEVICE`, `tcp:…`, a bare HOST:PORT).
+    fn start_on(cfg: &ExecutorConfig, line: &str, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("gi.vmx");
         VmxFile::create(&file, cfg.encode().into_iter().collect::<KeyValues>()).unwrap();
         let child = Command::new(tether_bin())
             .args(["run", "--guestinfo"])
             .arg(&file)
-            // A bare HOST:PORT is a TCP address (the bench writes tcp:HOST:PORT).
-            .args(["--attach", &format!("127.0.0.1:{port}"), "--debug-log"])
+            .args(["--attach", line, "--debug-log"])
             .arg(dir.path().join("debug"))
             .args(extra)
             .stdin(Stdio::null())
@@ -1375,5 +1380,192 @@ fn a_slow_host_throttles_a_stalled_one_is_let_go_and_nothing_is_lost() {
          was let go within 10 s while the session went on; the output log holds every line"
     );
     assert!(failures.is_empty(), "{failures:#?}");
+    row.finish();
+}
+
+/// The host's end of a pty standing in for COM1, behind which hosts come and go as a VCH that
+/// restarts does: the line stays (the tether sees no hang-up, only silence and then a new
+/// handshake in the middle of its SSH), each host gets a line of its own relayed to the pty, and
+/// plugging in the next one cuts the last one off as a crash would.
+struct SerialHost {
+    master: std::sync::Arc<
+        tokio::sync::Mutex<(
+            tokio::net::unix::pipe::Receiver,
+            tokio::net::unix::pipe::Sender,
+        )>,
+    >,
+    cut: Option<tokio::sync::oneshot::Sender<()>>,
+    relay: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl SerialHost {
+    /// The pty's master, made non-blocking (call in the runtime).
+    fn new(master: std::os::fd::OwnedFd) -> Self {
+        let flags = nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL).unwrap();
+        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(flags)).unwrap();
+        let write = master.try_clone().unwrap();
+        let r = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(master).unwrap();
+        let w = tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(write).unwrap();
+        Self {
+            master: std::sync::Arc::new(tokio::sync::Mutex::new((r, w))),
+            cut: None,
+            relay: None,
+        }
+    }
+
+    /// Cuts the last host off (what it had not read is lost with it) and plugs in a new one.
+    async fn plug(&mut self) -> Box<dyn vch::attach::Line> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        if let Some(cut) = self.cut.take() {
+            let _ = cut.send(());
+        }
+        if let Some(relay) = self.relay.take() {
+            let _ = relay.await;
+        }
+        let (host, mut far) = tokio::io::duplex(64 * 1024);
+        let (cut, mut cut_rx) = tokio::sync::oneshot::channel::<()>();
+        let master = self.master.clone();
+        self.relay = Some(tokio::spawn(async move {
+            let mut m = master.lock().await;
+            let (mr, mw) = &mut *m;
+            let (mut a, mut b) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+            loop {
+                tokio::select! {
+                    _ = &mut cut_rx => return,
+                    n = mr.read(&mut a) => match n {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => if far.write_all(&a[..n]).await.is_err() { return },
+                    },
+                    n = far.read(&mut b) => match n {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => if mw.write_all(&b[..n]).await.is_err() { return },
+                    },
+                }
+            }
+        }));
+        self.cut = Some(cut);
+        Box::new(host)
+    }
+}
+
+/// Line faults over a serial line (issue 18): hosts restart behind a pty 100 times while the
+/// session streams (each new host's handshake lands in the middle of the last one's SSH), a
+/// quarter after 16 KiB of garbage, a quarter after half a handshake: the tether comes back
+/// every time and the output log holds every line in order.
+#[test]
+fn line_faults_over_a_serial_line_a_host_restarting_behind_it_loses_nothing() {
+    use std::os::fd::AsRawFd as _;
+    use tokio::io::AsyncWriteExt as _;
+    let mut row = report::Row::new("line faults (serial)");
+    let restarts = report::size(100, 8);
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let slave_path =
+        std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd())).unwrap();
+    let mut raw = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
+    nix::sys::termios::cfmakeraw(&mut raw);
+    nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &raw).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let lines = dir.path().join("lines");
+    let script = format!(
+        "i=0; while :; do i=$((i+1)); echo line $i; echo line $i >> {}; sleep 0.01; done",
+        lines.display()
+    );
+    let cfg = config(session(&["sh", "-c", &script]));
+    let out = dir.path().join("output.log");
+    let mut t = Tether::start_on(
+        &cfg,
+        &format!("serial:{}", slave_path.display()),
+        &["--output-log", out.to_str().unwrap()],
+    );
+    let mut failures = Vec::new();
+    let mut recoveries = Vec::new();
+    runtime().block_on(async {
+        let mut serial = SerialHost::new(pty.master);
+        for i in 0..restarts {
+            row.cases += 1;
+            row.faults += 1;
+            let mut line = serial.plug().await;
+            if i % 4 == 1 {
+                let garbage: Vec<u8> = (0..16 * 1024u32).map(|x| (x * 7919 % 251) as u8).collect();
+                let _ = line.write_all(&garbage).await;
+                row.faults += 1;
+            }
+            if i % 4 == 2 {
+                let _ = line.write_all(&[tether_proto::handshake::SYN, 0x42]).await;
+                row.faults += 1;
+                line = serial.plug().await;
+            }
+            let t0 = Instant::now();
+            let connected = tokio::time::timeout(
+                Duration::from_secs(60),
+                vch::attach::connect(line, Duration::from_secs(60)),
+            )
+            .await;
+            let h = match connected {
+                Ok(Ok(h)) => h,
+                other => {
+                    failures.push(format!("host {i}: {:?}", other.map(|r| r.err())));
+                    continue;
+                }
+            };
+            recoveries.push(t0.elapsed());
+            let mut ch = match h.open("attach", ID.as_bytes().to_vec()).await {
+                Ok(Ok(ch)) => ch,
+                _ => {
+                    failures.push(format!("host {i}: attach refused"));
+                    continue;
+                }
+            };
+            let _ = ch.request("unblock", true, b"Unblock".to_vec()).await;
+            let mut got = 0;
+            while got < 3 {
+                match tokio::time::timeout(Duration::from_secs(10), ch.recv()).await {
+                    Ok(Some(ChannelEvent::Data(_))) => got += 1,
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+            if got < 3 {
+                failures.push(format!("host {i}: no output while attached"));
+                continue;
+            }
+            row.passed += 1;
+            // The next plug cuts this host off mid-stream, without a word.
+            drop(h);
+        }
+        let line = serial.plug().await;
+        let h = vch::attach::connect(line, Duration::from_secs(60))
+            .await
+            .unwrap();
+        vch::attach::kill(&h, ID, "KILL", false).await.unwrap();
+        h.disconnect("done").await;
+    });
+    let debug = finish_streaming(&mut t, &out, &lines, &mut row, &mut failures);
+    drop(pty.slave);
+    // Each host was a handshake of its own, after the tether gave up the SSH of the one before.
+    let handshakes = debug.matches("attach: the host connected").count();
+    if handshakes != restarts + 1 {
+        failures.push(format!(
+            "{handshakes} handshakes for {} hosts",
+            restarts + 1
+        ));
+    }
+    let most = recoveries.iter().max().copied().unwrap_or_default();
+    let mean = recoveries.iter().sum::<Duration>() / recoveries.len().max(1) as u32;
+    row.notes = format!(
+        "{restarts} hosts restarted behind a pty (the new host's handshake in the middle of the \
+         last one's SSH; a quarter after 16 KiB of garbage, a quarter after half a handshake): \
+         back each time in {:.1} s on average, {:.1} s at most (the host retries its SYN every \
+         second); every line the session wrote is in the output log in order",
+        mean.as_secs_f64(),
+        most.as_secs_f64()
+    );
+    eprintln!("{}", row.notes);
+    assert!(
+        failures.is_empty(),
+        "{failures:#?}\n{}",
+        debug.lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
     row.finish();
 }
