@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::report::{crashed, full, log_holds_every_line, size, Row};
+use common::report::{crashed, expected, full, generator, log_holds_every_line, logged, size, Row};
 
 /// The groups run one at a time: the storms (a fork bomb, 10 000 signals) starve whatever runs
 /// beside them, and the shutdown group's bound is about the tether, not about a starved machine.
@@ -17,7 +17,6 @@ fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
 }
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -688,73 +687,6 @@ fn send_signal_pid(pid: i32, sig: i32) {
 
 // ---------------------------------------------------------------------------------------------
 // Output integrity
-
-/// A shell command writing `mib` MiB of a deterministic pseudo-random stream (AES-CTR of
-/// zeros under `key`): incompressible, every byte value, newlines anywhere.
-fn generator(key: u8, mib: usize) -> String {
-    format!(
-        "openssl enc -aes-128-ctr -nosalt -K {key:02x}{z} -iv 00000000000000000000000000000000 \
-         -in /dev/zero 2>/dev/null | head -c {bytes}",
-        z = "00".repeat(15),
-        bytes = mib << 20
-    )
-}
-
-/// The SHA-256 and length of what `generator(key, mib)` writes, computed here.
-fn expected(key: u8, mib: usize) -> ([u8; 32], u64) {
-    use sha2::Digest as _;
-    use std::io::Read as _;
-    let mut child = Command::new("sh")
-        .args(["-c", &generator(key, mib)])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let got = out.read(&mut buf).unwrap();
-        if got == 0 {
-            break;
-        }
-        h.update(&buf[..got]);
-        n += got as u64;
-    }
-    child.wait().unwrap();
-    (h.finalize().into(), n)
-}
-
-/// The SHA-256 and length of each stream of the container's own entries in an output log,
-/// read in pieces (a full run's log is over 2 GiB).
-fn logged(path: &Path) -> [([u8; 32], u64); 2] {
-    use sha2::Digest as _;
-    use std::io::Read as _;
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut hashes = [sha2::Sha256::new(), sha2::Sha256::new()];
-    let mut lens = [0u64; 2];
-    let mut pending: Vec<u8> = Vec::new();
-    let mut buf = vec![0u8; 16 << 20];
-    loop {
-        let got = f.read(&mut buf).unwrap();
-        pending.extend_from_slice(&buf[..got]);
-        let (entries, used) = tether_proto::iolog::decode_complete(&pending);
-        for e in entries.iter().filter(|e| !e.exec) {
-            let i = usize::from(e.stream == tether_proto::iolog::Stream::Stderr);
-            hashes[i].update(&e.data);
-            lens[i] += e.data.len() as u64;
-        }
-        pending.drain(..used);
-        if got == 0 {
-            break;
-        }
-    }
-    let [a, b] = hashes;
-    [
-        (a.finalize().into(), lens[0]),
-        (b.finalize().into(), lens[1]),
-    ]
-}
 
 #[test]
 fn output_reaches_the_log_byte_exact_through_pipes_and_a_pty() {

@@ -1569,3 +1569,183 @@ fn line_faults_over_a_serial_line_a_host_restarting_behind_it_loses_nothing() {
     );
     row.finish();
 }
+
+/// What an attached client took of one span: per stream (stdout, stderr) the SHA-256 and length.
+#[derive(Default)]
+struct Span {
+    hashes: [sha2::Sha256; 2],
+    lens: [u64; 2],
+}
+
+impl Span {
+    fn take(&mut self, stream: usize, data: &[u8]) {
+        use sha2::Digest as _;
+        self.hashes[stream].update(data);
+        self.lens[stream] += data.len() as u64;
+    }
+
+    fn finish(self) -> [([u8; 32], u64); 2] {
+        use sha2::Digest as _;
+        let [a, b] = self.hashes;
+        [
+            (a.finalize().into(), self.lens[0]),
+            (b.finalize().into(), self.lens[1]),
+        ]
+    }
+}
+
+/// Output integrity with a client (issue 18): through pipes (stdout and stderr at once) and a raw
+/// pty, a client attached from the first byte detaches a quarter of the way, the session goes on
+/// alone, the client attaches again mid-stream and stays to the end. What it took is byte-exact
+/// for each span (the first a prefix of each stream, the second a suffix), and the output log
+/// holds every byte.
+#[test]
+fn output_is_byte_exact_in_a_client_that_detaches_and_reattaches_and_in_the_log() {
+    let mut row = report::Row::new("output integrity (a client detaching and reattaching)");
+    let mib = report::size(1024, 8);
+    let total = (mib as u64) << 20;
+    let mut failures = Vec::new();
+    for tty in [false, true] {
+        row.cases += 1;
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("done");
+        // The session waits for the test at its end, so that the second span always meets it.
+        let wait = format!("while [ ! -e {} ]; do sleep 0.05; done", flag.display());
+        let script = if tty {
+            format!("stty raw -echo; {}; {wait}", report::generator(1, mib))
+        } else {
+            format!(
+                "{} & {} >&2; wait; {wait}",
+                report::generator(1, mib),
+                report::generator(2, mib)
+            )
+        };
+        let mut s = session(&["/bin/sh", "-c", &script]);
+        s.tty = tty;
+        s.run_block = true;
+        let out = dir.path().join("output.log");
+        let (rt, listener, mut t) =
+            listening_tether(&config(s), &["--output-log", out.to_str().unwrap()]);
+        let (first, second, status) = rt.block_on(async {
+            let line = listener.accept().await.unwrap();
+            let h = vch::attach::connect(line, Duration::from_secs(30))
+                .await
+                .unwrap();
+            let stream_of = |ev: &ChannelEvent| match ev {
+                ChannelEvent::Data(d) => Some((0, d.clone())),
+                ChannelEvent::ExtendedData(1, d) => Some((1, d.clone())),
+                _ => None,
+            };
+            // From the first byte to a quarter of stdout.
+            let mut ch = attach_unblocked(&h, ID.as_bytes()).await;
+            let mut first = Span::default();
+            while first.lens[0] < total / 4 {
+                match tokio::time::timeout(Duration::from_secs(30), ch.recv()).await {
+                    Ok(Some(ev)) => {
+                        if let Some((i, d)) = stream_of(&ev) {
+                            first.take(i, &d);
+                        }
+                        if matches!(ev, ChannelEvent::Closed) {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            // Detached: what comes from here is not counted; the session goes on alone until
+            // the output log has grown by another quarter of a stream.
+            let _ = ch.close().await;
+            let grown = std::fs::metadata(&out).map_or(0, |m| m.len()) + total / 4;
+            let deadline = Instant::now() + Duration::from_secs(300);
+            while std::fs::metadata(&out).map_or(0, |m| m.len()) < grown
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            // Attached again to the end.
+            let mut ch = h
+                .open("attach", ID.as_bytes().to_vec())
+                .await
+                .unwrap()
+                .unwrap();
+            let mut second = Span::default();
+            let mut status = None;
+            let mut finished = false;
+            loop {
+                let ev = tokio::time::timeout(Duration::from_millis(200), ch.recv()).await;
+                match ev {
+                    Ok(Some(ChannelEvent::Request { name, data })) if name == "exit-status" => {
+                        status = Some(data)
+                    }
+                    Ok(Some(ChannelEvent::Closed)) | Ok(None) => break,
+                    Ok(Some(ev)) => {
+                        if let Some((i, d)) = stream_of(&ev) {
+                            second.take(i, &d);
+                        }
+                    }
+                    // Quiet: the streams are done (or nearly); let the session end.
+                    Err(_) if !finished => {
+                        std::fs::write(&flag, "").unwrap();
+                        finished = true;
+                    }
+                    Err(_) => {}
+                }
+            }
+            h.disconnect("done").await;
+            (first.finish(), second.finish(), status)
+        });
+        let exit = t.wait();
+        let debug = std::fs::read_to_string(t.dir.path().join("debug")).unwrap_or_default();
+        if report::crashed(exit, &debug) {
+            row.crashes += 1;
+        }
+        let streams: &[u8] = if tty { &[1] } else { &[1, 2] };
+        let mut ok = status == Some(vec![0, 0, 0, 0]);
+        let what = if tty { "pty" } else { "pipes" };
+        if !ok {
+            failures.push(format!("{what}: exit status {status:?}"));
+        }
+        for (i, key) in streams.iter().enumerate() {
+            let (a, b) = (first[i], second[i]);
+            row.bytes += a.1 + b.1;
+            let want_a = report::expected_range(*key, mib, 0..a.1);
+            let want_b = report::expected_range(*key, mib, total - b.1..total);
+            if a != want_a || b != want_b || b.1 == 0 || a.1 + b.1 >= total {
+                ok = false;
+                failures.push(format!(
+                    "{what}, stream {i}: the client's first span {} bytes ({}), its second {} \
+                     bytes ({})",
+                    a.1,
+                    if a == want_a { "exact" } else { "differs" },
+                    b.1,
+                    if b == want_b { "exact" } else { "differs" },
+                ));
+            }
+        }
+        let logged = report::logged(&out);
+        for (i, key) in streams.iter().enumerate() {
+            row.bytes += logged[i].1;
+            if logged[i] != report::expected(*key, mib) {
+                ok = false;
+                failures.push(format!(
+                    "{what}, stream {i}: the output log holds {} of {total} bytes, or others",
+                    logged[i].1
+                ));
+            }
+        }
+        if ok {
+            row.passed += 1;
+        }
+        eprintln!(
+            "{what}: the client took {:?} then {:?} bytes of stdout",
+            first[0].1, second[0].1
+        );
+    }
+    row.notes = format!(
+        "{mib} MiB per stream, pipes (stdout and stderr at once) and a raw pty; a client from the \
+         first byte detached after a quarter, attached again after another quarter had gone to \
+         the log alone: each span byte-exact in the client, every byte in the output log"
+    );
+    assert!(failures.is_empty(), "{failures:#?}");
+    row.finish();
+}

@@ -101,3 +101,79 @@ pub fn log_holds_every_line(
     }
     Ok(written.len())
 }
+
+/// A shell command writing `mib` MiB of a deterministic pseudo-random stream (AES-CTR of
+/// zeros under `key`): incompressible, every byte value, newlines anywhere.
+pub fn generator(key: u8, mib: usize) -> String {
+    format!(
+        "openssl enc -aes-128-ctr -nosalt -K {key:02x}{z} -iv 00000000000000000000000000000000 \
+         -in /dev/zero 2>/dev/null | head -c {bytes}",
+        z = "00".repeat(15),
+        bytes = mib << 20
+    )
+}
+
+/// The SHA-256 and length of what `generator(key, mib)` writes, computed here.
+pub fn expected(key: u8, mib: usize) -> ([u8; 32], u64) {
+    expected_range(key, mib, 0..(mib as u64) << 20)
+}
+
+/// The SHA-256 and length of the bytes `range` of what `generator(key, mib)` writes.
+pub fn expected_range(key: u8, mib: usize, range: std::ops::Range<u64>) -> ([u8; 32], u64) {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", &generator(key, mib)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let (mut at, mut n) = (0u64, 0u64);
+    loop {
+        let got = out.read(&mut buf).unwrap() as u64;
+        if got == 0 {
+            break;
+        }
+        let (from, to) = (range.start.max(at), range.end.min(at + got));
+        if from < to {
+            h.update(&buf[(from - at) as usize..(to - at) as usize]);
+            n += to - from;
+        }
+        at += got;
+    }
+    child.wait().unwrap();
+    (h.finalize().into(), n)
+}
+
+/// The SHA-256 and length of each stream of the container's own entries in an output log,
+/// read in pieces (a full run's log is over 2 GiB).
+pub fn logged(path: &std::path::Path) -> [([u8; 32], u64); 2] {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path).unwrap();
+    let mut hashes = [sha2::Sha256::new(), sha2::Sha256::new()];
+    let mut lens = [0u64; 2];
+    let mut pending: Vec<u8> = Vec::new();
+    let mut buf = vec![0u8; 16 << 20];
+    loop {
+        let got = f.read(&mut buf).unwrap();
+        pending.extend_from_slice(&buf[..got]);
+        let (entries, used) = tether_proto::iolog::decode_complete(&pending);
+        for e in entries.iter().filter(|e| !e.exec) {
+            let i = usize::from(e.stream == tether_proto::iolog::Stream::Stderr);
+            hashes[i].update(&e.data);
+            lens[i] += e.data.len() as u64;
+        }
+        pending.drain(..used);
+        if got == 0 {
+            break;
+        }
+    }
+    let [a, b] = hashes;
+    [
+        (a.finalize().into(), lens[0]),
+        (b.finalize().into(), lens[1]),
+    ]
+}
