@@ -61,23 +61,35 @@ pub struct LineFramer {
 
 impl LineFramer {
     /// Appends `data` and returns the complete entries it finishes.
-    pub fn push(&mut self, mut data: &[u8]) -> Vec<Vec<u8>> {
+    pub fn push(&mut self, data: &[u8]) -> Vec<Vec<u8>> {
         let mut done = Vec::new();
+        self.push_each(data, |entry| done.push(entry.to_vec()));
+        done
+    }
+
+    /// Appends `data` and hands each complete entry it finishes to `each`, without allocating:
+    /// an entry that lies whole in `data` is handed as a slice of it, and the pending part of a
+    /// line keeps its buffer (the output log frames every byte a container writes).
+    pub fn push_each(&mut self, mut data: &[u8], mut each: impl FnMut(&[u8])) {
         while !data.is_empty() {
             let room = MAX_ENTRY - self.pending.len();
-            let upto = data
+            let upto = data[..room.min(data.len())]
                 .iter()
-                .take(room)
                 .position(|&b| b == b'\n')
                 .map(|i| i + 1);
             let take = upto.unwrap_or(room.min(data.len()));
-            self.pending.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if upto.is_some() || self.pending.len() == MAX_ENTRY {
-                done.push(std::mem::take(&mut self.pending));
+            let complete = upto.is_some() || self.pending.len() + take == MAX_ENTRY;
+            match (complete, self.pending.is_empty()) {
+                (true, true) => each(&data[..take]),
+                (true, false) => {
+                    self.pending.extend_from_slice(&data[..take]);
+                    each(&self.pending);
+                    self.pending.clear();
+                }
+                (false, _) => self.pending.extend_from_slice(&data[..take]),
             }
+            data = &data[take..];
         }
-        done
     }
 
     /// Whatever is pending (a line without its newline yet), as one last entry.
@@ -204,7 +216,12 @@ mod tests {
         let done = f.push(&big);
         assert_eq!(done.len(), 2);
         assert!(done.iter().all(|d| d.len() == MAX_ENTRY));
-        assert_eq!(f.flush().unwrap().len(), 10);
+        // A pending part filled up to the size by the next chunk.
+        let done = f.push(&vec![b'y'; MAX_ENTRY]);
+        assert_eq!(done.len(), 1);
+        assert_eq!(&done[0][..11], b"xxxxxxxxxxy");
+        assert_eq!(done[0].len(), MAX_ENTRY);
+        assert_eq!(f.flush().unwrap(), vec![b'y'; 10]);
         assert_eq!(f.flush(), None);
     }
 

@@ -277,11 +277,41 @@ pub enum ChannelEvent {
     Closed,
 }
 
+/// Channel data to send: bytes of the sender's own, or bytes it shares with others (a session's
+/// output goes to every attached client and the log from one buffer, without a copy each).
+#[derive(Clone, Debug)]
+pub enum Payload {
+    Owned(Vec<u8>),
+    Shared(std::sync::Arc<[u8]>),
+}
+
+impl std::ops::Deref for Payload {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Payload::Owned(v) => v,
+            Payload::Shared(a) => a,
+        }
+    }
+}
+
+impl From<Vec<u8>> for Payload {
+    fn from(v: Vec<u8>) -> Self {
+        Payload::Owned(v)
+    }
+}
+
+impl From<std::sync::Arc<[u8]>> for Payload {
+    fn from(a: std::sync::Arc<[u8]>) -> Self {
+        Payload::Shared(a)
+    }
+}
+
 pub(crate) enum Command {
     Data {
         ch: u32,
         ext: Option<u32>,
-        data: Vec<u8>,
+        data: Payload,
         done: oneshot::Sender<()>,
     },
     Eof(u32),
@@ -346,7 +376,7 @@ impl Handle {
         &self,
         ch: ChannelId,
         ext: Option<u32>,
-        data: Vec<u8>,
+        data: impl Into<Payload>,
     ) -> Result<(), SshError> {
         self.queue_data(ch, ext, data).await?.sent().await
     }
@@ -358,13 +388,13 @@ impl Handle {
         &self,
         ch: ChannelId,
         ext: Option<u32>,
-        data: Vec<u8>,
+        data: impl Into<Payload>,
     ) -> Result<Queued, SshError> {
         let (done, wait) = oneshot::channel();
         self.send(Command::Data {
             ch: ch.0,
             ext,
-            data,
+            data: data.into(),
             done,
         })
         .await?;

@@ -752,16 +752,22 @@ fn execs_the_host_removed_are_forgotten_once_ended() {
     });
 }
 
-#[test]
-fn attach_over_a_serial_line() {
+/// A pty pair standing in for the VM's COM1 (the tether opens the slave as its serial port, raw),
+/// and the slave's path.
+fn serial_pty() -> (nix::pty::OpenptyResult, PathBuf) {
     use std::os::fd::AsRawFd as _;
-    // A pty pair stands in for the VM's COM1: the tether opens the slave as its serial port.
     let pty = nix::pty::openpty(None, None).unwrap();
     let slave_path =
         std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd())).unwrap();
     let mut t = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
     nix::sys::termios::cfmakeraw(&mut t);
     nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &t).unwrap();
+    (pty, slave_path)
+}
+
+#[test]
+fn attach_over_a_serial_line() {
+    let (pty, slave_path) = serial_pty();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("gi.vmx");
     let mut s = session(&["/bin/sh", "-c", "echo over serial; exit 9"]);
@@ -778,14 +784,9 @@ fn attach_over_a_serial_line() {
         .unwrap();
     let rt = runtime();
     rt.block_on(async {
-        let master = pty.master;
-        let flags = nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_GETFL).unwrap();
-        let flags = nix::fcntl::OFlag::from_bits_truncate(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-        nix::fcntl::fcntl(&master, nix::fcntl::FcntlArg::F_SETFL(flags)).unwrap();
-        let write = master.try_clone().unwrap();
-        let r = tokio::net::unix::pipe::Receiver::from_owned_fd_unchecked(master).unwrap();
-        let w = tokio::net::unix::pipe::Sender::from_owned_fd_unchecked(write).unwrap();
-        let line: Box<dyn vch::attach::Line> = Box::new(tokio::io::join(r, w));
+        // The relay to the pty lives as long as `serial`.
+        let mut serial = SerialHost::new(pty.master);
+        let line = serial.plug().await;
         let h = vch::attach::connect(line, Duration::from_secs(30))
             .await
             .unwrap();
@@ -1184,22 +1185,79 @@ fn finish_streaming(
     debug
 }
 
+/// A config whose session writes numbered lines every 10 ms, each also to a file of its own (the
+/// lines, beside the output log): the file and the output log's paths.
+fn numbered_lines(dir: &std::path::Path) -> (ExecutorConfig, PathBuf, PathBuf) {
+    let lines = dir.join("lines");
+    let script = format!(
+        "i=0; while :; do i=$((i+1)); echo line $i; echo line $i >> {}; sleep 0.01; done",
+        lines.display()
+    );
+    (
+        config(session(&["sh", "-c", &script])),
+        lines,
+        dir.join("output.log"),
+    )
+}
+
+/// What the `i`th host of a line-fault case does first: every fourth sends 16 KiB of garbage,
+/// every fourth half a handshake and goes (true: the caller puts the next host in its place).
+async fn opening_fault(
+    i: usize,
+    line: &mut Box<dyn vch::attach::Line>,
+    row: &mut report::Row,
+) -> bool {
+    use tokio::io::AsyncWriteExt as _;
+    match i % 4 {
+        1 => {
+            let garbage: Vec<u8> = (0..16 * 1024u32).map(|x| (x * 7919 % 251) as u8).collect();
+            let _ = line.write_all(&garbage).await;
+            row.faults += 1;
+            false
+        }
+        2 => {
+            let _ = line.write_all(&[tether_proto::handshake::SYN, 0x42]).await;
+            row.faults += 1;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// One host of a line-fault case: the handshake and SSH on `line` (within `limit`), an attach to
+/// the session, unblocked, and three pieces of its output. The host's handle, or what failed.
+async fn attached_and_streaming(
+    line: Box<dyn vch::attach::Line>,
+    limit: Duration,
+) -> Result<ssh::Handle, String> {
+    let h = match tokio::time::timeout(limit, vch::attach::connect(line, limit)).await {
+        Ok(Ok(h)) => h,
+        other => return Err(format!("{:?}", other.map(|r| r.err()))),
+    };
+    let Ok(Ok(mut ch)) = h.open("attach", ID.as_bytes().to_vec()).await else {
+        return Err("attach refused".into());
+    };
+    let _ = ch.request("unblock", true, b"Unblock".to_vec()).await;
+    let mut got = 0;
+    while got < 3 {
+        match tokio::time::timeout(Duration::from_secs(10), ch.recv()).await {
+            Ok(Some(ChannelEvent::Data(_))) => got += 1,
+            Ok(Some(_)) => {}
+            _ => return Err("no output while attached".into()),
+        }
+    }
+    Ok(h)
+}
+
 /// Line faults over TCP (issue 18): the host drops and reconnects again and again while the
 /// session streams, sends garbage before a handshake, stops half way through one; the tether
 /// takes the next host every time, and the output log holds every byte in order.
 #[test]
 fn line_faults_over_tcp_lose_nothing_and_the_tether_always_comes_back() {
-    use tokio::io::AsyncWriteExt as _;
     let mut row = report::Row::new("line faults (TCP)");
     let drops = report::size(100, 20);
     let dir = tempfile::tempdir().unwrap();
-    let lines = dir.path().join("lines");
-    let script = format!(
-        "i=0; while :; do i=$((i+1)); echo line $i; echo line $i >> {}; sleep 0.01; done",
-        lines.display()
-    );
-    let cfg = config(session(&["sh", "-c", &script]));
-    let out = dir.path().join("output.log");
+    let (cfg, lines, out) = numbered_lines(dir.path());
     let (rt, listener, mut t) = listening_tether(&cfg, &["--output-log", out.to_str().unwrap()]);
     let mut failures = Vec::new();
     rt.block_on(async {
@@ -1207,52 +1265,18 @@ fn line_faults_over_tcp_lose_nothing_and_the_tether_always_comes_back() {
             row.cases += 1;
             row.faults += 1;
             let (mut line, mut cut) = accept_cuttable(&listener).await;
-            // Every fourth host starts with 16 KiB of garbage, every fourth stops half way
-            // through the handshake and goes.
-            if i % 4 == 1 {
-                let garbage: Vec<u8> = (0..16 * 1024u32).map(|x| (x * 7919 % 251) as u8).collect();
-                let _ = line.write_all(&garbage).await;
-                row.faults += 1;
-            }
-            if i % 4 == 2 {
-                let _ = line.write_all(&[tether_proto::handshake::SYN, 0x42]).await;
+            if opening_fault(i, &mut line, &mut row).await {
                 let _ = cut.shutdown(std::net::Shutdown::Both);
-                row.faults += 1;
                 (line, cut) = accept_cuttable(&listener).await;
             }
-            let connected = tokio::time::timeout(
-                Duration::from_secs(30),
-                vch::attach::connect(line, Duration::from_secs(30)),
-            )
-            .await;
-            let h = match connected {
-                Ok(Ok(h)) => h,
-                other => {
-                    failures.push(format!("host {i}: {:?}", other.map(|r| r.err())));
-                    continue;
-                }
-            };
             // Attached, taking some output, then the line is cut without a word.
-            let mut ch = match h.open("attach", ID.as_bytes().to_vec()).await {
-                Ok(Ok(ch)) => ch,
-                _ => {
-                    failures.push(format!("host {i}: attach refused"));
+            let h = match attached_and_streaming(line, Duration::from_secs(30)).await {
+                Ok(h) => h,
+                Err(e) => {
+                    failures.push(format!("host {i}: {e}"));
                     continue;
                 }
             };
-            let _ = ch.request("unblock", true, b"Unblock".to_vec()).await;
-            let mut got = 0;
-            while got < 3 {
-                match tokio::time::timeout(Duration::from_secs(10), ch.recv()).await {
-                    Ok(Some(ChannelEvent::Data(_))) => got += 1,
-                    Ok(Some(_)) => {}
-                    _ => break,
-                }
-            }
-            if got < 3 {
-                failures.push(format!("host {i}: no output while attached"));
-                continue;
-            }
             row.passed += 1;
             let _ = cut.shutdown(std::net::Shutdown::Both);
             drop(h);
@@ -1455,24 +1479,11 @@ impl SerialHost {
 /// every time and the output log holds every line in order.
 #[test]
 fn line_faults_over_a_serial_line_a_host_restarting_behind_it_loses_nothing() {
-    use std::os::fd::AsRawFd as _;
-    use tokio::io::AsyncWriteExt as _;
     let mut row = report::Row::new("line faults (serial)");
     let restarts = report::size(100, 8);
-    let pty = nix::pty::openpty(None, None).unwrap();
-    let slave_path =
-        std::fs::read_link(format!("/proc/self/fd/{}", pty.slave.as_raw_fd())).unwrap();
-    let mut raw = nix::sys::termios::tcgetattr(&pty.slave).unwrap();
-    nix::sys::termios::cfmakeraw(&mut raw);
-    nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &raw).unwrap();
+    let (pty, slave_path) = serial_pty();
     let dir = tempfile::tempdir().unwrap();
-    let lines = dir.path().join("lines");
-    let script = format!(
-        "i=0; while :; do i=$((i+1)); echo line $i; echo line $i >> {}; sleep 0.01; done",
-        lines.display()
-    );
-    let cfg = config(session(&["sh", "-c", &script]));
-    let out = dir.path().join("output.log");
+    let (cfg, lines, out) = numbered_lines(dir.path());
     let mut t = Tether::start_on(
         &cfg,
         &format!("serial:{}", slave_path.display()),
@@ -1486,50 +1497,18 @@ fn line_faults_over_a_serial_line_a_host_restarting_behind_it_loses_nothing() {
             row.cases += 1;
             row.faults += 1;
             let mut line = serial.plug().await;
-            if i % 4 == 1 {
-                let garbage: Vec<u8> = (0..16 * 1024u32).map(|x| (x * 7919 % 251) as u8).collect();
-                let _ = line.write_all(&garbage).await;
-                row.faults += 1;
-            }
-            if i % 4 == 2 {
-                let _ = line.write_all(&[tether_proto::handshake::SYN, 0x42]).await;
-                row.faults += 1;
+            if opening_fault(i, &mut line, &mut row).await {
                 line = serial.plug().await;
             }
             let t0 = Instant::now();
-            let connected = tokio::time::timeout(
-                Duration::from_secs(60),
-                vch::attach::connect(line, Duration::from_secs(60)),
-            )
-            .await;
-            let h = match connected {
-                Ok(Ok(h)) => h,
-                other => {
-                    failures.push(format!("host {i}: {:?}", other.map(|r| r.err())));
+            let h = match attached_and_streaming(line, Duration::from_secs(60)).await {
+                Ok(h) => h,
+                Err(e) => {
+                    failures.push(format!("host {i}: {e}"));
                     continue;
                 }
             };
             recoveries.push(t0.elapsed());
-            let mut ch = match h.open("attach", ID.as_bytes().to_vec()).await {
-                Ok(Ok(ch)) => ch,
-                _ => {
-                    failures.push(format!("host {i}: attach refused"));
-                    continue;
-                }
-            };
-            let _ = ch.request("unblock", true, b"Unblock".to_vec()).await;
-            let mut got = 0;
-            while got < 3 {
-                match tokio::time::timeout(Duration::from_secs(10), ch.recv()).await {
-                    Ok(Some(ChannelEvent::Data(_))) => got += 1,
-                    Ok(Some(_)) => {}
-                    _ => break,
-                }
-            }
-            if got < 3 {
-                failures.push(format!("host {i}: no output while attached"));
-                continue;
-            }
             row.passed += 1;
             // The next plug cuts this host off mid-stream, without a word.
             drop(h);
@@ -1556,10 +1535,11 @@ fn line_faults_over_a_serial_line_a_host_restarting_behind_it_loses_nothing() {
     row.notes = format!(
         "{restarts} hosts restarted behind a pty (the new host's handshake in the middle of the \
          last one's SSH; a quarter after 16 KiB of garbage, a quarter after half a handshake): \
-         back each time in {:.1} s on average, {:.1} s at most (the host retries its SYN every \
-         second); every line the session wrote is in the output log in order",
-        mean.as_secs_f64(),
-        most.as_secs_f64()
+         attached and streaming again each time {} ms on average, {} ms at most after the host \
+         came (it retries its SYN every second); every line the session wrote is in the output \
+         log in order",
+        mean.as_millis(),
+        most.as_millis()
     );
     eprintln!("{}", row.notes);
     assert!(

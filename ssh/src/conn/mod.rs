@@ -62,7 +62,7 @@ enum Auth {
 
 struct Pending {
     ext: Option<u32>,
-    data: Vec<u8>,
+    data: crate::Payload,
     sent: usize,
     done: Option<oneshot::Sender<()>>,
 }

@@ -79,7 +79,7 @@ pub(super) async fn forward(h: Handle, ch: ChannelId, tty: bool, mut outputs: Su
         let sent = match out {
             Output::Data(stream, bytes) => {
                 let ext = (stream == Stream::Stderr && !tty).then_some(1);
-                match h.queue_data(ch, ext, bytes.to_vec()).await {
+                match h.queue_data(ch, ext, bytes.clone()).await {
                     Ok(q) => {
                         in_flight.push_back((bytes.len(), q));
                         handed += bytes.len();

@@ -88,9 +88,9 @@ impl OutputLog {
                             if !p.framer.has_pending() {
                                 p.since = Instant::now();
                             }
-                            for entry in p.framer.push(&data) {
-                                encode_entry(&mut buf, time_nanos, stream, exec, &entry);
-                            }
+                            p.framer.push_each(&data, |entry| {
+                                encode_entry(&mut buf, time_nanos, stream, exec, entry)
+                            });
                         }
                         Msg::Flush { session, done } => {
                             for ((s, stream), p) in pending.iter_mut() {
