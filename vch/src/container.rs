@@ -394,11 +394,7 @@ impl Container {
     pub fn exit_status(&self) -> Option<i32> {
         let c = self.config().ok()?;
         let s = c.sessions.get(&self.meta.id)?;
-        let exited = s.started == "true"
-            && s.detail.stop_time != 0
-            && s.detail.stop_time >= s.detail.start_time;
-        let failed = !s.started.is_empty() && s.started != "true";
-        (exited || failed).then_some(s.exit_status)
+        session_ended(s).then_some(s.exit_status)
     }
 
     /// Changes the config in the guestinfo under the file's lock: `drop_first` names keys to
@@ -454,11 +450,9 @@ impl Container {
         )
     }
 
-    /// Adds an exec session to the guestinfo (the tether sees it at its next reload): the
-    /// config is decoded, given the exec (its fields and the `execs` map's index), and written
-    /// back whole, under the file's lock.
-    /// Adds exec `id` to the config; the execs that ended before the newest
-    /// [`ENDED_EXECS_KEPT`] go (returned with their last state).
+    /// Adds exec `id` to the guestinfo under the file's lock (the tether sees it at its next
+    /// reload); the execs that ended before the newest [`ENDED_EXECS_KEPT`] go (returned with
+    /// their last state). See [`add_exec_to`].
     pub fn add_exec(
         &self,
         id: &str,
@@ -475,9 +469,9 @@ impl Container {
 /// tether's memory and every reload's work, would otherwise grow with every exec ever run.
 pub const ENDED_EXECS_KEPT: usize = 16;
 
-/// Whether an exec's state says it is over: exited (a stop time at or after its start), or its
-/// launch failed (`started` holds the reason).
-pub fn exec_ended(s: &SessionConfig) -> bool {
+/// Whether a session's (or exec's) state says it is over: exited (a stop time at or after its
+/// start), or its launch failed (`started` holds the reason).
+pub fn session_ended(s: &SessionConfig) -> bool {
     match s.started.as_str() {
         "" => false,
         "true" => s.detail.stop_time != 0 && s.detail.stop_time >= s.detail.start_time,
@@ -497,7 +491,7 @@ pub fn add_exec_to(
     let mut ended: Vec<(i64, String)> = cfg
         .execs
         .iter()
-        .filter(|(_, s)| exec_ended(s))
+        .filter(|(_, s)| session_ended(s))
         .map(|(i, s)| (s.detail.stop_time, i.clone()))
         .collect();
     ended.sort_by(|a, b| b.cmp(a));
@@ -582,10 +576,10 @@ mod tests {
         assert_eq!(list.split('|').count(), 19, "{list}");
         assert!(!list.split('|').any(|i| gone.contains(&i)), "{list}");
         assert!(kv.iter().count() < before);
-        assert!(!exec_ended(&exec("true", 90, 0)));
-        assert!(exec_ended(&exec("true", 90, 90)));
+        assert!(!session_ended(&exec("true", 90, 0)));
+        assert!(session_ended(&exec("true", 90, 90)));
         assert!(
-            !exec_ended(&exec("true", 90, 80)),
+            !session_ended(&exec("true", 90, 80)),
             "a stop time of an earlier run"
         );
     }

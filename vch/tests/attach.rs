@@ -1550,30 +1550,6 @@ fn line_faults_over_a_serial_line_a_host_restarting_behind_it_loses_nothing() {
     row.finish();
 }
 
-/// What an attached client took of one span: per stream (stdout, stderr) the SHA-256 and length.
-#[derive(Default)]
-struct Span {
-    hashes: [sha2::Sha256; 2],
-    lens: [u64; 2],
-}
-
-impl Span {
-    fn take(&mut self, stream: usize, data: &[u8]) {
-        use sha2::Digest as _;
-        self.hashes[stream].update(data);
-        self.lens[stream] += data.len() as u64;
-    }
-
-    fn finish(self) -> [([u8; 32], u64); 2] {
-        use sha2::Digest as _;
-        let [a, b] = self.hashes;
-        [
-            (a.finalize().into(), self.lens[0]),
-            (b.finalize().into(), self.lens[1]),
-        ]
-    }
-}
-
 /// Output integrity with a client (issue 18): through pipes (stdout and stderr at once) and a raw
 /// pty, a client attached from the first byte detaches a quarter of the way, the session goes on
 /// alone, the client attaches again mid-stream and stays to the end. What it took is byte-exact
@@ -1618,8 +1594,8 @@ fn output_is_byte_exact_in_a_client_that_detaches_and_reattaches_and_in_the_log(
             };
             // From the first byte to a quarter of stdout.
             let mut ch = attach_unblocked(&h, ID.as_bytes()).await;
-            let mut first = Span::default();
-            while first.lens[0] < total / 4 {
+            let mut first = report::StreamHashes::default();
+            while first.len(0) < total / 4 {
                 match tokio::time::timeout(Duration::from_secs(30), ch.recv()).await {
                     Ok(Some(ev)) => {
                         if let Some((i, d)) = stream_of(&ev) {
@@ -1648,7 +1624,7 @@ fn output_is_byte_exact_in_a_client_that_detaches_and_reattaches_and_in_the_log(
                 .await
                 .unwrap()
                 .unwrap();
-            let mut second = Span::default();
+            let mut second = report::StreamHashes::default();
             let mut status = None;
             let mut finished = false;
             loop {

@@ -40,7 +40,7 @@ pub fn attached() -> usize {
 /// One client's share of [`BUDGET`] now: what its queue may hold (and what its line may have
 /// on its way).
 pub fn share() -> usize {
-    share_of(CLIENTS.load(Ordering::Relaxed))
+    share_of(attached())
 }
 
 #[derive(Clone, Debug)]
@@ -100,27 +100,32 @@ impl Client {
     /// [`STALL`] for the client to take something. False when the client is gone or stalled.
     async fn deliver(&self, out: Output) -> bool {
         let cost = out.cost();
+        let room = || {
+            let queued = self.level.bytes.load(Ordering::Acquire);
+            queued == 0 || queued + cost <= share_of(self.everywhere.load(Ordering::Relaxed))
+        };
         let deadline = tokio::time::Instant::now() + STALL;
         loop {
-            let taken = self.level.taken.notified();
-            tokio::pin!(taken);
-            taken.as_mut().enable();
-            let queued = self.level.bytes.load(Ordering::Acquire);
-            let share = share_of(self.everywhere.load(Ordering::Relaxed));
-            if queued == 0 || queued + cost <= share {
-                self.level.bytes.fetch_add(cost, Ordering::AcqRel);
-                return self.tx.send(out).is_ok();
+            // Most chunks find room: the wake-up is registered only to wait, then the room is
+            // looked at again (the client may have taken something in between).
+            if !room() {
+                if self.tx.is_closed() {
+                    return false;
+                }
+                let taken = self.level.taken.notified();
+                tokio::pin!(taken);
+                taken.as_mut().enable();
+                if !room() && tokio::time::timeout_at(deadline, taken).await.is_err() {
+                    tracing::warn!(
+                        client = self.id,
+                        "an attached client made no progress for {STALL:?}; dropping it"
+                    );
+                    return false;
+                }
+                continue;
             }
-            if self.tx.is_closed() {
-                return false;
-            }
-            if tokio::time::timeout_at(deadline, taken).await.is_err() {
-                tracing::warn!(
-                    client = self.id,
-                    "an attached client made no progress for {STALL:?}; dropping it"
-                );
-                return false;
-            }
+            self.level.bytes.fetch_add(cost, Ordering::AcqRel);
+            return self.tx.send(out).is_ok();
         }
     }
 }

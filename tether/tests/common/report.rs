@@ -150,11 +150,9 @@ pub fn expected_range(key: u8, mib: usize, range: std::ops::Range<u64>) -> ([u8;
 /// The SHA-256 and length of each stream of the container's own entries in an output log,
 /// read in pieces (a full run's log is over 2 GiB).
 pub fn logged(path: &std::path::Path) -> [([u8; 32], u64); 2] {
-    use sha2::Digest as _;
     use std::io::Read as _;
     let mut f = std::fs::File::open(path).unwrap();
-    let mut hashes = [sha2::Sha256::new(), sha2::Sha256::new()];
-    let mut lens = [0u64; 2];
+    let mut streams = StreamHashes::default();
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = vec![0u8; 16 << 20];
     loop {
@@ -163,17 +161,41 @@ pub fn logged(path: &std::path::Path) -> [([u8; 32], u64); 2] {
         let (entries, used) = tether_proto::iolog::decode_complete(&pending);
         for e in entries.iter().filter(|e| !e.exec) {
             let i = usize::from(e.stream == tether_proto::iolog::Stream::Stderr);
-            hashes[i].update(&e.data);
-            lens[i] += e.data.len() as u64;
+            streams.take(i, &e.data);
         }
         pending.drain(..used);
         if got == 0 {
             break;
         }
     }
-    let [a, b] = hashes;
-    [
-        (a.finalize().into(), lens[0]),
-        (b.finalize().into(), lens[1]),
-    ]
+    streams.finish()
+}
+
+/// Per stream (stdout, stderr) the SHA-256 and length of what was taken of it.
+#[derive(Default)]
+pub struct StreamHashes {
+    hashes: [sha2::Sha256; 2],
+    lens: [u64; 2],
+}
+
+impl StreamHashes {
+    pub fn take(&mut self, stream: usize, data: &[u8]) {
+        use sha2::Digest as _;
+        self.hashes[stream].update(data);
+        self.lens[stream] += data.len() as u64;
+    }
+
+    /// Bytes taken of `stream` so far.
+    pub fn len(&self, stream: usize) -> u64 {
+        self.lens[stream]
+    }
+
+    pub fn finish(self) -> [([u8; 32], u64); 2] {
+        use sha2::Digest as _;
+        let [a, b] = self.hashes;
+        [
+            (a.finalize().into(), self.lens[0]),
+            (b.finalize().into(), self.lens[1]),
+        ]
+    }
 }

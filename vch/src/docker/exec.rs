@@ -177,8 +177,7 @@ pub fn inspect(api: &Arc<Api>, id: &str) -> ApiResult {
             let state = c.config().ok().and_then(|cfg| cfg.execs.get(id).cloned());
             match state {
                 Some(s) if s.started == "true" => {
-                    let ended =
-                        s.detail.stop_time != 0 && s.detail.stop_time >= s.detail.start_time;
+                    let ended = crate::container::session_ended(&s);
                     if ended || !c.vm_running() {
                         (false, Some(if ended { s.exit_status } else { 137 }))
                     } else {
