@@ -983,6 +983,20 @@ fn exec_and_stop_go_through_the_vms_tools_as_vics_vch_does() {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+    // And they have registered (a VMX learns their version before it relays guest operations;
+    // the supervisor logs what they said about once a second).
+    let sup_log = host.state.path().join(&id).join("supervisor.log");
+    while !std::fs::read_to_string(&sup_log)
+        .unwrap_or_default()
+        .contains("tools said: tools.set.version")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            std::fs::read_to_string(&sup_log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let out = host.ok(&["exec", "tools", "--", "/bin/echo", "through the tools"]);
     assert_eq!(out, "through the tools\n");
     host.ok(&["stop", "tools"]);
@@ -990,7 +1004,7 @@ fn exec_and_stop_go_through_the_vms_tools_as_vics_vch_does() {
     let debug = host.debug_log();
     assert!(debug.contains("toolbox: reload"), "{debug}");
     assert!(debug.contains("toolbox: kill SIGTERM"), "{debug}");
-    let sup = std::fs::read_to_string(host.state.path().join(&id).join("supervisor.log")).unwrap();
+    let sup = std::fs::read_to_string(&sup_log).unwrap();
     assert_eq!(
         sup.matches("tools: Vix_1_Relayed_Command").count(),
         2,

@@ -29,24 +29,47 @@ pub fn serve_guestinfo(
     });
 }
 
+/// Logs what the guest's tools tell the VMX (their RPCI requests), each once.
+#[derive(Clone)]
+struct ToolsLog {
+    tools: tether_proto::guestinfo::tools::ToolsQueue,
+    said: std::sync::Arc<std::sync::Mutex<usize>>,
+}
+
+impl ToolsLog {
+    /// Logs the requests that came since the last call.
+    fn flush(&self) {
+        let mut said = self.said.lock().unwrap_or_else(|p| p.into_inner());
+        let requests = self.tools.rpci_requests();
+        for r in &requests[(*said).min(requests.len())..] {
+            let end = r.iter().position(|&b| b == 0).unwrap_or(r.len()).min(48);
+            tracing::info!(
+                "tools said: {} ({} bytes)",
+                String::from_utf8_lossy(&r[..end]),
+                r.len()
+            );
+        }
+        *said = requests.len();
+    }
+}
+
 /// Records when the guest's tools last polled, in `tools.poll` (seconds since the epoch), for
-/// `vch inspect`, and logs what they tell the VMX.
-fn record_tools_polls(c: &Container, tools: tether_proto::guestinfo::tools::ToolsQueue) {
+/// `vch inspect`, and logs what they tell the VMX (every second; the caller flushes the rest at
+/// the end, or what came in the last second would never be logged).
+fn record_tools_polls(
+    c: &Container,
+    tools: tether_proto::guestinfo::tools::ToolsQueue,
+) -> ToolsLog {
     let file = c.dir.join("tools.poll");
+    let log = ToolsLog {
+        tools: tools.clone(),
+        said: Default::default(),
+    };
+    let logger = log.clone();
     std::thread::spawn(move || {
         let mut last = None;
-        let mut said = 0;
         loop {
-            let requests = tools.rpci_requests();
-            for r in &requests[said.min(requests.len())..] {
-                let end = r.iter().position(|&b| b == 0).unwrap_or(r.len()).min(48);
-                tracing::info!(
-                    "tools said: {} ({} bytes)",
-                    String::from_utf8_lossy(&r[..end]),
-                    r.len()
-                );
-            }
-            said = requests.len();
+            logger.flush();
             let now = tools.last_poll();
             if now != last {
                 if let Some(t) = now.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()) {
@@ -57,6 +80,7 @@ fn record_tools_polls(c: &Container, tools: tether_proto::guestinfo::tools::Tool
             std::thread::sleep(Duration::from_secs(1));
         }
     });
+    log
 }
 
 /// Takes the tether's connections on its attach line (again after each loss of the line) and
@@ -145,7 +169,7 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
     tools.push("reset");
     tools.push("Capabilities_Register");
     serve_guestinfo(c.config_file(), gi, tools.clone());
-    record_tools_polls(c, tools.clone());
+    let tools_log = record_tools_polls(c, tools.clone());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -245,6 +269,7 @@ fn run_vm(c: &Container) -> anyhow::Result<()> {
                 let _ = qemu.wait().await;
             }
         }
+        tools_log.flush();
         // The container is gone: whoever waits for that (stop, kill) need not wait for the
         // clients below.
         if let Err(e) = std::fs::write(c.ended_marker(), b"") {
