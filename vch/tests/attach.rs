@@ -1666,7 +1666,10 @@ fn output_is_byte_exact_in_a_client_that_detaches_and_reattaches_and_in_the_log(
             row.bytes += a.1 + b.1;
             let want_a = report::expected_range(*key, mib, 0..a.1);
             let want_b = report::expected_range(*key, mib, total - b.1..total);
-            if a != want_a || b != want_b || b.1 == 0 || a.1 + b.1 >= total {
+            // Stdout paces the detach and the reattach, so both of its spans hold bytes with a
+            // gap between; stderr runs on its own and may be over before the detach.
+            let mid_stream = b.1 > 0 && a.1 + b.1 < total;
+            if a != want_a || b != want_b || (i == 0 && !mid_stream) {
                 ok = false;
                 failures.push(format!(
                     "{what}, stream {i}: the client's first span {} bytes ({}), its second {} \
