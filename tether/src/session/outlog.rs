@@ -20,6 +20,10 @@ pub const PARTIAL_LINE_DELAY: Duration = Duration::from_millis(500);
 /// Chunks queued for the log thread (each at most one read, 16 KiB, shared with the clients'
 /// queues): 1 MiB at most, whatever the number of sessions.
 const QUEUE: usize = 64;
+/// The most one read of a session's output brings (its pump's read size).
+const READ_MAX: usize = 16 * 1024;
+/// What the log thread gathers from the queue before it writes.
+const GATHER_BYTES: usize = 128 * 1024;
 
 enum Msg {
     Data {
@@ -69,69 +73,34 @@ impl OutputLog {
             .name("output-log".into())
             .spawn(move || {
                 let mut sink = open().unwrap_or_else(|| Box::new(std::io::sink()));
-                let mut pending: HashMap<(Arc<str>, Stream), Pending> = HashMap::new();
-                let mut buf = Vec::with_capacity(32 * 1024);
+                let mut pending = Pendings::new();
+                let mut buf = Vec::with_capacity(GATHER_BYTES + READ_MAX);
                 while let Some(msg) = rx.blocking_recv() {
-                    match msg {
-                        Msg::Data {
-                            session,
-                            exec,
-                            stream,
-                            time_nanos,
-                            data,
-                        } => {
-                            let p = pending.entry((session, stream)).or_insert_with(|| Pending {
-                                framer: LineFramer::default(),
-                                exec,
-                                since: Instant::now(),
-                            });
-                            if !p.framer.has_pending() {
-                                p.since = Instant::now();
-                            }
-                            p.framer.push_each(&data, |entry| {
-                                encode_entry(&mut buf, time_nanos, stream, exec, entry)
-                            });
-                        }
-                        Msg::Flush { session, done } => {
-                            for ((s, stream), p) in pending.iter_mut() {
-                                if session.as_ref().is_none_or(|want| want == s) {
-                                    if let Some(entry) = p.framer.flush() {
-                                        encode_entry(
-                                            &mut buf,
-                                            now_nanos(),
-                                            *stream,
-                                            p.exec,
-                                            &entry,
-                                        );
-                                    }
+                    handle(msg, &mut pending, &mut buf, &mut sink);
+                    // What else is queued is gathered into one write; while output keeps
+                    // coming this thread yields its core before it looks again, rather than
+                    // parking at once: a pump's send then rarely has to wake it (with a hundred
+                    // sessions streaming, a wake-up per read was a context switch per read on
+                    // both sides, and 0.66x of one session's throughput became 0.76x without).
+                    loop {
+                        let mut got = 0;
+                        while buf.len() < GATHER_BYTES {
+                            match rx.try_recv() {
+                                Ok(msg) => {
+                                    handle(msg, &mut pending, &mut buf, &mut sink);
+                                    got += 1;
                                 }
+                                Err(_) => break,
                             }
-                            if let Some(want) = &session {
-                                pending.retain(|(s, _), _| s != want);
-                            }
-                            write_out(&mut sink, &mut buf);
-                            let _ = sink.flush();
-                            let _ = done.send(());
-                            continue;
                         }
-                        Msg::Tick => {
-                            for ((_, stream), p) in pending.iter_mut() {
-                                if p.framer.has_pending() && p.since.elapsed() >= PARTIAL_LINE_DELAY
-                                {
-                                    if let Some(entry) = p.framer.flush() {
-                                        encode_entry(
-                                            &mut buf,
-                                            now_nanos(),
-                                            *stream,
-                                            p.exec,
-                                            &entry,
-                                        );
-                                    }
-                                }
-                            }
+                        write_out(&mut sink, &mut buf);
+                        if got == 0 {
+                            break;
+                        }
+                        if got < QUEUE / 2 {
+                            std::thread::yield_now();
                         }
                     }
-                    write_out(&mut sink, &mut buf);
                 }
                 let _ = sink.flush();
             })
@@ -178,11 +147,109 @@ impl OutputLog {
     }
 }
 
+type Pendings = HashMap<(Arc<str>, Stream), Pending>;
+
+/// Frames `msg` into `buf` (a flush writes `buf` out and flushes the device at once).
+fn handle(msg: Msg, pending: &mut Pendings, buf: &mut Vec<u8>, sink: &mut Box<dyn Write + Send>) {
+    match msg {
+        Msg::Data {
+            session,
+            exec,
+            stream,
+            time_nanos,
+            data,
+        } => {
+            let p = pending.entry((session, stream)).or_insert_with(|| Pending {
+                framer: LineFramer::default(),
+                exec,
+                since: Instant::now(),
+            });
+            if !p.framer.has_pending() {
+                p.since = Instant::now();
+            }
+            p.framer.push_each(&data, |entry| {
+                encode_entry(buf, time_nanos, stream, exec, entry)
+            });
+        }
+        Msg::Flush { session, done } => {
+            for ((s, stream), p) in pending.iter_mut() {
+                if session.as_ref().is_none_or(|want| want == s) {
+                    if let Some(entry) = p.framer.flush() {
+                        encode_entry(buf, now_nanos(), *stream, p.exec, &entry);
+                    }
+                }
+            }
+            if let Some(want) = &session {
+                pending.retain(|(s, _), _| s != want);
+            }
+            write_out(sink, buf);
+            let _ = sink.flush();
+            let _ = done.send(());
+        }
+        Msg::Tick => {
+            for ((_, stream), p) in pending.iter_mut() {
+                if p.framer.has_pending() && p.since.elapsed() >= PARTIAL_LINE_DELAY {
+                    if let Some(entry) = p.framer.flush() {
+                        encode_entry(buf, now_nanos(), *stream, p.exec, &entry);
+                    }
+                }
+            }
+        }
+    }
+}
+
 fn write_out(sink: &mut Box<dyn Write + Send>, buf: &mut Vec<u8>) {
     if !buf.is_empty() {
         if let Err(e) = sink.write_all(buf) {
             tracing::warn!("output log: {e}");
         }
         buf.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A device that keeps each write apart.
+    struct Writes(Arc<Mutex<Vec<Vec<u8>>>>);
+
+    impl Write for Writes {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().push(b.to_vec());
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn what_is_queued_goes_out_in_one_write_in_order() {
+        let writes = Arc::new(Mutex::new(Vec::new()));
+        let (open_now, opened) = std::sync::mpsc::channel::<()>();
+        let device = writes.clone();
+        // The device opens once ten reads are queued.
+        let log = OutputLog::start(Box::new(move || {
+            let _ = opened.recv();
+            Some(Box::new(Writes(device)) as Box<dyn Write + Send>)
+        }));
+        let id: Arc<str> = "s".into();
+        for i in 0..10 {
+            let line = format!("line {i}\n");
+            log.write(&id, false, Stream::Stdout, Arc::from(line.as_bytes()))
+                .await;
+        }
+        open_now.send(()).unwrap();
+        log.flush(None).await;
+        let writes = writes.lock().unwrap().clone();
+        assert_eq!(writes.len(), 1, "ten queued reads go out in one write");
+        let lines: Vec<String> = tether_proto::iolog::decode(&writes[0])
+            .into_iter()
+            .map(|e| String::from_utf8(e.data).unwrap())
+            .collect();
+        let want: Vec<String> = (0..10).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(lines, want);
     }
 }
