@@ -57,26 +57,40 @@ pub fn parse(text: &str) -> Result<Vec<(String, String)>, ParseError> {
 /// Renders pairs as `key = "value"` lines, in the order given.
 pub fn render<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let mut out = String::new();
+    render_into(&mut out, pairs);
+    out
+}
+
+/// [`render`], appending to `out` (a buffer kept for the next time: a guest writing its state
+/// renders a file of thousands of lines each time).
+pub fn render_into<'a>(out: &mut String, pairs: impl IntoIterator<Item = (&'a str, &'a str)>) {
     for (k, v) in pairs {
         out.push_str(k);
         out.push_str(" = \"");
-        out.push_str(&escape(v));
+        escape_into(out, v);
         out.push_str("\"\n");
     }
-    out
 }
 
 /// `"`, `|` and control characters become `|XX`.
 pub fn escape(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
+    escape_into(&mut out, value);
+    out
+}
+
+fn escape_into(out: &mut String, value: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     for c in value.chars() {
         if c == '"' || c == '|' || c.is_ascii_control() {
-            out.push_str(&format!("|{:02X}", c as u32));
+            let b = c as u8;
+            out.push('|');
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
         } else {
             out.push(c);
         }
     }
-    out
 }
 
 /// The inverse of [`escape`]; a `|` not followed by two hex digits stands for itself.
@@ -109,6 +123,8 @@ pub struct VmxFile {
     /// The file as last read or written: every change replaces it (a rename, a new inode), so
     /// an unchanged identity means unchanged values and a refresh need not re-read it.
     seen: Option<Identity>,
+    /// The text last written, its buffer kept for the next write.
+    text: String,
 }
 
 type Identity = (u64, u64, std::time::SystemTime);
@@ -125,16 +141,27 @@ impl VmxFile {
         let path = path.into();
         let seen = identity(&path);
         let values = load(&path)?;
-        Ok(Self { path, values, seen })
+        Ok(Self {
+            path,
+            values,
+            seen,
+            text: String::new(),
+        })
     }
 
     /// Creates (or replaces) the file with `values`.
     pub fn create(path: impl Into<PathBuf>, values: KeyValues) -> Result<Self, GuestInfoError> {
         let path = path.into();
         let _lock = lock(&path)?;
-        store(&path, &values)?;
+        let mut text = String::new();
+        store(&path, &values, &mut text)?;
         let seen = identity(&path);
-        Ok(Self { path, values, seen })
+        Ok(Self {
+            path,
+            values,
+            seen,
+            text,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -159,7 +186,7 @@ impl VmxFile {
             load(&self.path)?
         };
         change(&mut values);
-        if let Err(e) = store(&self.path, &values) {
+        if let Err(e) = store(&self.path, &values, &mut self.text) {
             // What is cached is what the file should hold; it is read again next time.
             self.values = values;
             self.seen = None;
@@ -216,12 +243,14 @@ pub fn load(path: &Path) -> Result<KeyValues, GuestInfoError> {
 /// Writes `values` to `path` through a temporary file and a rename, so a reader sees the old file
 /// or the new one, never a mix. (No fsync: this store is for development and tests, and is
 /// rewritten on every change.)
-fn store(path: &Path, values: &KeyValues) -> Result<(), GuestInfoError> {
+fn store(path: &Path, values: &KeyValues, text: &mut String) -> Result<(), GuestInfoError> {
+    text.clear();
+    render_into(text, values.iter());
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let mut file = fs::File::create(&tmp)?;
-    file.write_all(render(values.iter()).as_bytes())?;
+    file.write_all(text.as_bytes())?;
     fs::rename(&tmp, path)?;
     Ok(())
 }
