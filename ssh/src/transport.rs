@@ -154,6 +154,7 @@ pub async fn writer<S: AsyncWrite + Send + 'static>(
     while let Some(first) = rx.recv().await {
         let mut next = Some(first);
         let mut close = false;
+        let mut yielded = false;
         // Seal everything queued, then write it in one go.
         while let Some(out) = next.take() {
             match out {
@@ -178,6 +179,14 @@ pub async fn writer<S: AsyncWrite + Send + 'static>(
                 break;
             }
             next = rx.try_recv().ok();
+            if next.is_none() && !yielded && batch.len() < 64 * 1024 {
+                // Once, let the tasks that are ready run first: with many channels busy, their
+                // packets come one task at a time, and a write each would cost a wake-up and a
+                // system call on both ends for every packet.
+                yielded = true;
+                tokio::task::yield_now().await;
+                next = rx.try_recv().ok();
+            }
         }
         if !batch.is_empty() {
             w.write_all(&batch).await?;
