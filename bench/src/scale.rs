@@ -4,7 +4,9 @@
 //!
 //! - 100 execs at once, each streaming to its own channel: aggregate throughput against one exec
 //!   streaming the same total in the same run, the tether's RSS growth per session (its peak
-//!   while they run against its RSS before), and every exit status;
+//!   while they run against its RSS before), and every exit status; the CPU time per GB of the
+//!   tether, of the sessions' own processes and of the host's side in each, and the same
+//!   producers without a tether (the machine's floor);
 //! - 1 000 execs one after another, each attached to its end: the tether's RSS along the way.
 
 use std::path::Path;
@@ -44,6 +46,16 @@ impl Containervm {
         let line = listener.accept().await?;
         let h = vch::attach::connect(line, Duration::from_secs(30)).await?;
         Ok(Self { child, cfg, h })
+    }
+
+    /// Empties the output log (the tether appends to it): 2.4 GB a round would otherwise
+    /// fill this machine's memory, and its reclaim would be the noise of the later rounds.
+    fn fresh_log(&self) -> anyhow::Result<()> {
+        let log = self.cfg.with_file_name("scale.out");
+        Ok(std::fs::OpenOptions::new()
+            .write(true)
+            .open(log)?
+            .set_len(0)?)
     }
 
     fn pid(&self) -> u32 {
@@ -168,6 +180,60 @@ impl PeakRss {
     }
 }
 
+/// CPU time so far (seconds) of the tether (all its threads), of its sessions (the children it
+/// has reaped, with theirs) and of this process (the host's side).
+#[derive(Clone, Copy, Debug, Default)]
+struct Cpu {
+    tether: f64,
+    sessions: f64,
+    host: f64,
+}
+
+impl Cpu {
+    fn now(tether: u32) -> anyhow::Result<Self> {
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+        // utime, stime, cutime, cstime: fields 14 to 17 of /proc/PID/stat.
+        let times = |pid: String| -> anyhow::Result<[f64; 4]> {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+            let f: Vec<&str> = stat
+                .rsplit_once(')')
+                .context("/proc/PID/stat")?
+                .1
+                .split_whitespace()
+                .collect();
+            let field = |i: usize| -> anyhow::Result<f64> {
+                Ok(f.get(i).context("/proc/PID/stat")?.parse::<u64>()? as f64 / hz)
+            };
+            Ok([field(11)?, field(12)?, field(13)?, field(14)?])
+        };
+        let t = times(tether.to_string())?;
+        let me = times("self".into())?;
+        Ok(Self {
+            tether: t[0] + t[1],
+            sessions: t[2] + t[3],
+            host: me[0] + me[1],
+        })
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            tether: self.tether - before.tether,
+            sessions: self.sessions - before.sessions,
+            host: self.host - before.host,
+        }
+    }
+
+    fn per_gb(self, bytes: f64) -> String {
+        let gb = bytes / 1e9;
+        format!(
+            "tether {:.2} s, sessions {:.2} s, host {:.2} s",
+            self.tether / gb,
+            self.sessions / gb,
+            self.host / gb
+        )
+    }
+}
+
 /// An exec writing `bytes` of zeros and exiting with `status`.
 fn streaming_exec(bytes: u64, status: i32) -> SessionConfig {
     session(&[
@@ -178,9 +244,15 @@ fn streaming_exec(bytes: u64, status: i32) -> SessionConfig {
 }
 
 /// Runs `n` execs at once, each streaming `each` bytes to its own channel (or, with `each` 0,
-/// sleeping a second): (MB/s from the first unblock to the last CLOSE, the tether's peak RSS in
-/// KiB). Fails on a short stream or a wrong exit status.
-async fn at_once(vm: &Containervm, tag: &str, n: usize, each: u64) -> anyhow::Result<(f64, u64)> {
+/// sleeping a second): (MB/s from the first byte to the last CLOSE, the tether's peak RSS in
+/// KiB, the CPU time everything took from the first unblock to the last CLOSE). Fails on a short
+/// stream or a wrong exit status.
+async fn at_once(
+    vm: &Containervm,
+    tag: &str,
+    n: usize,
+    each: u64,
+) -> anyhow::Result<(f64, u64, Cpu)> {
     let execs: Vec<(String, SessionConfig)> = (0..n)
         .map(|i| {
             let status = (i % 120 + 1) as i32;
@@ -191,6 +263,7 @@ async fn at_once(vm: &Containervm, tag: &str, n: usize, each: u64) -> anyhow::Re
             (format!("{tag}{i}"), exec)
         })
         .collect();
+    vm.fresh_log()?;
     vm.add_execs(&execs).await?;
     let sampler = PeakRss::start(vm.pid());
     // Every channel open and subscribed before the first unblock, so that all run together.
@@ -203,6 +276,7 @@ async fn at_once(vm: &Containervm, tag: &str, n: usize, each: u64) -> anyhow::Re
         channels.push(ch);
     }
     let mut readers = Vec::new();
+    let cpu = Cpu::now(vm.pid())?;
     for ch in channels {
         ch.request("unblock", true, b"Unblock".to_vec()).await?;
         readers.push(tokio::spawn(drain_timed(ch)));
@@ -223,19 +297,22 @@ async fn at_once(vm: &Containervm, tag: &str, n: usize, each: u64) -> anyhow::Re
     }
     // From the first byte (as the user's path is timed) to the last CLOSE.
     let secs = t0.map_or(f64::NAN, |t| t.elapsed().as_secs_f64());
-    Ok((total as f64 / 1e6 / secs, sampler.finish()))
+    let cpu = Cpu::now(vm.pid())?.since(cpu);
+    Ok((total as f64 / 1e6 / secs, sampler.finish(), cpu))
 }
 
-/// The same figure without the tether, as the floor of what this machine allows: `n` `head`s
-/// writing `each` bytes into pipes that one thread of this process reads (MB/s from the first
-/// byte to the last). The producers, the pipes and the scheduler cost the same with a tether
-/// between them and the host, and 100 producers on 2 cores cost more per byte than one.
-async fn pipes_alone(n: usize, each: u64) -> anyhow::Result<f64> {
+/// The same figure without the tether, as the floor of what this machine allows: `n` execs' own
+/// command (`sh` running `head`) writing `each` bytes into pipes that one thread of this process
+/// reads: (MB/s from the first byte to the last, the CPU time those processes took). The
+/// producers, the pipes and the scheduler cost the same with a tether between them and the
+/// host, and 100 producers on 2 cores cost more per byte than one.
+async fn pipes_alone(n: usize, each: u64) -> anyhow::Result<(f64, f64)> {
     use tokio::io::AsyncReadExt as _;
     let mut readers = Vec::new();
+    let cpu = Cpu::now(std::process::id())?;
     for _ in 0..n {
-        let mut child = Command::new("head")
-            .args(["-c", &each.to_string(), "/dev/zero"])
+        let mut child = Command::new("/bin/sh")
+            .args(["-c", &format!("head -c {each} /dev/zero; exit 0")])
             .stdout(std::process::Stdio::piped())
             .spawn()?;
         let out: std::os::fd::OwnedFd = child.stdout.take().context("stdout")?.into();
@@ -268,7 +345,9 @@ async fn pipes_alone(n: usize, each: u64) -> anyhow::Result<f64> {
         };
     }
     let secs = t0.map_or(f64::NAN, |t| t.elapsed().as_secs_f64());
-    Ok(total as f64 / 1e6 / secs)
+    // This process's reaped children are the producers.
+    let cpu = Cpu::now(std::process::id())?.since(cpu);
+    Ok((total as f64 / 1e6 / secs, cpu.sessions))
 }
 
 pub fn run(tether: &Path) -> anyhow::Result<()> {
@@ -287,33 +366,49 @@ pub fn run(tether: &Path) -> anyhow::Result<()> {
         // The same total through one exec first, as the baseline; rounds interleaved.
         println!("# scale: {N} execs at once, each {} MiB to its own attach channel, against one exec streaming {} MiB (one SSH connection, loopback)", EACH >> 20, (N as u64 * EACH) >> 20);
         let before = rss_kib(vm.pid())?;
-        let (_, peak) = at_once(&vm, "idle-", N, 0).await?;
+        let (_, peak, _) = at_once(&vm, "idle-", N, 0).await?;
         println!(
             "{N} attached execs at once, no output: RSS {before} KiB before, {peak} KiB at the peak: {:.1} KiB per session",
             peak.saturating_sub(before) as f64 / N as f64
         );
-        let (mut ratios, mut pers, mut floors) = (Vec::new(), Vec::new(), Vec::new());
+        // A round unreported first: the first exec streaming after the start runs slower (the
+        // allocator's and the kernel's caches), which made round 1's ratio the highest.
+        at_once(&vm, "warm-one-", 1, N as u64 * EACH).await?;
+        at_once(&vm, "warm-many-", N, EACH).await?;
+        let (mut ratios, mut pers, mut floors, mut cpus) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for round in 0..ROUNDS {
-            let alone_one = pipes_alone(1, N as u64 * EACH).await?;
-            let alone_many = pipes_alone(N, EACH).await?;
+            let (alone_one, procs_one) = pipes_alone(1, N as u64 * EACH).await?;
+            let (alone_many, procs_many) = pipes_alone(N, EACH).await?;
+            let gb = (N as u64 * EACH) as f64 / 1e9;
             println!(
-                "round {}, the floor without a tether: one head into a pipe {alone_one:.0} MB/s, {N} at once {alone_many:.0} MB/s ({:.2}x)",
+                "round {}, the floor without a tether: one producer into a pipe {alone_one:.0} MB/s, {N} at once {alone_many:.0} MB/s ({:.2}x); the producers' CPU per GB {:.2} s, {:.2} s",
                 round + 1,
-                alone_many / alone_one
+                alone_many / alone_one,
+                procs_one / gb,
+                procs_many / gb
             );
             floors.push(alone_many / alone_one);
-            let (one, _) = at_once(&vm, &format!("one{round}-"), 1, N as u64 * EACH).await?;
+            let (one, _, cpu_one) = at_once(&vm, &format!("one{round}-"), 1, N as u64 * EACH).await?;
             tokio::time::sleep(Duration::from_millis(300)).await;
             let before = rss_kib(vm.pid())?;
-            let (many, peak) = at_once(&vm, &format!("many{round}-"), N, EACH).await?;
+            let (many, peak, cpu_many) = at_once(&vm, &format!("many{round}-"), N, EACH).await?;
             let per = peak.saturating_sub(before) as f64 / N as f64;
             println!(
                 "round {}: one exec {one:.0} MB/s; {N} at once {many:.0} MB/s in all ({:.2}x); RSS {before} KiB before, {peak} KiB at the peak ({per:.1} KiB per session); every exit status right",
                 round + 1,
                 many / one
             );
+            let bytes = (N as u64 * EACH) as f64;
+            println!(
+                "round {}: CPU per GB, one exec: {}; {N} at once: {}",
+                round + 1,
+                cpu_one.per_gb(bytes),
+                cpu_many.per_gb(bytes)
+            );
             ratios.push(many / one);
             pers.push(per);
+            cpus.push((cpu_one, cpu_many));
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
         println!(
@@ -322,6 +417,17 @@ pub fn run(tether: &Path) -> anyhow::Result<()> {
             crate::median(floors),
             crate::median(pers.clone()),
             pers.iter().copied().fold(0.0, f64::max)
+        );
+        // Where the time goes: the CPU each side spent per GB, as the median of the rounds.
+        let med = |f: fn(&(Cpu, Cpu)) -> f64| crate::median(cpus.iter().map(f).collect());
+        println!(
+            "CPU per GB, median of {ROUNDS} rounds (one exec -> {N} at once): tether {:.2} -> {:.2} s, sessions {:.2} -> {:.2} s, host {:.2} -> {:.2} s",
+            med(|c| c.0.tether / (N as u64 * EACH) as f64 * 1e9),
+            med(|c| c.1.tether / (N as u64 * EACH) as f64 * 1e9),
+            med(|c| c.0.sessions / (N as u64 * EACH) as f64 * 1e9),
+            med(|c| c.1.sessions / (N as u64 * EACH) as f64 * 1e9),
+            med(|c| c.0.host / (N as u64 * EACH) as f64 * 1e9),
+            med(|c| c.1.host / (N as u64 * EACH) as f64 * 1e9),
         );
         drop(vm);
         // One after another: RSS along the way.
