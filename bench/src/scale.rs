@@ -223,8 +223,17 @@ impl Cpu {
         }
     }
 
-    fn per_gb(self, bytes: f64) -> String {
-        let gb = bytes / 1e9;
+    /// Each side's median over `cpus`.
+    fn median(cpus: impl Iterator<Item = Cpu> + Clone) -> Cpu {
+        let of = |f: fn(&Cpu) -> f64| crate::median(cpus.clone().map(|c| f(&c)).collect());
+        Cpu {
+            tether: of(|c| c.tether),
+            sessions: of(|c| c.sessions),
+            host: of(|c| c.host),
+        }
+    }
+
+    fn per_gb(self, gb: f64) -> String {
         format!(
             "tether {:.2} s, sessions {:.2} s, host {:.2} s",
             self.tether / gb,
@@ -377,10 +386,10 @@ pub fn run(tether: &Path) -> anyhow::Result<()> {
         at_once(&vm, "warm-many-", N, EACH).await?;
         let (mut ratios, mut pers, mut floors, mut cpus) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let gb = (N as u64 * EACH) as f64 / 1e9;
         for round in 0..ROUNDS {
             let (alone_one, procs_one) = pipes_alone(1, N as u64 * EACH).await?;
             let (alone_many, procs_many) = pipes_alone(N, EACH).await?;
-            let gb = (N as u64 * EACH) as f64 / 1e9;
             println!(
                 "round {}, the floor without a tether: one producer into a pipe {alone_one:.0} MB/s, {N} at once {alone_many:.0} MB/s ({:.2}x); the producers' CPU per GB {:.2} s, {:.2} s",
                 round + 1,
@@ -399,12 +408,11 @@ pub fn run(tether: &Path) -> anyhow::Result<()> {
                 round + 1,
                 many / one
             );
-            let bytes = (N as u64 * EACH) as f64;
             println!(
                 "round {}: CPU per GB, one exec: {}; {N} at once: {}",
                 round + 1,
-                cpu_one.per_gb(bytes),
-                cpu_many.per_gb(bytes)
+                cpu_one.per_gb(gb),
+                cpu_many.per_gb(gb)
             );
             ratios.push(many / one);
             pers.push(per);
@@ -419,15 +427,10 @@ pub fn run(tether: &Path) -> anyhow::Result<()> {
             pers.iter().copied().fold(0.0, f64::max)
         );
         // Where the time goes: the CPU each side spent per GB, as the median of the rounds.
-        let med = |f: fn(&(Cpu, Cpu)) -> f64| crate::median(cpus.iter().map(f).collect());
         println!(
-            "CPU per GB, median of {ROUNDS} rounds (one exec -> {N} at once): tether {:.2} -> {:.2} s, sessions {:.2} -> {:.2} s, host {:.2} -> {:.2} s",
-            med(|c| c.0.tether / (N as u64 * EACH) as f64 * 1e9),
-            med(|c| c.1.tether / (N as u64 * EACH) as f64 * 1e9),
-            med(|c| c.0.sessions / (N as u64 * EACH) as f64 * 1e9),
-            med(|c| c.1.sessions / (N as u64 * EACH) as f64 * 1e9),
-            med(|c| c.0.host / (N as u64 * EACH) as f64 * 1e9),
-            med(|c| c.1.host / (N as u64 * EACH) as f64 * 1e9),
+            "CPU per GB, median of {ROUNDS} rounds, one exec: {}; {N} at once: {}",
+            Cpu::median(cpus.iter().map(|c| c.0)).per_gb(gb),
+            Cpu::median(cpus.iter().map(|c| c.1)).per_gb(gb)
         );
         drop(vm);
         // One after another: RSS along the way.

@@ -514,7 +514,7 @@ pub fn child_stdio(fds: &[OwnedFd]) -> [i32; 3] {
 }
 
 /// The most one read of a session's output takes.
-const READ_SIZE: usize = 16 * 1024;
+pub(crate) const READ_SIZE: usize = 16 * 1024;
 
 thread_local! {
     /// One read buffer per runtime thread, shared by every pump on it: a read is copied out at

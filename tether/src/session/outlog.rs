@@ -20,8 +20,6 @@ pub const PARTIAL_LINE_DELAY: Duration = Duration::from_millis(500);
 /// Chunks queued for the log thread (each at most one read, 16 KiB, shared with the clients'
 /// queues): 1 MiB at most, whatever the number of sessions.
 const QUEUE: usize = 64;
-/// The most one read of a session's output brings (its pump's read size).
-const READ_MAX: usize = 16 * 1024;
 /// What the log thread gathers from the queue before it writes.
 const GATHER_BYTES: usize = 128 * 1024;
 
@@ -74,7 +72,7 @@ impl OutputLog {
             .spawn(move || {
                 let mut sink = open().unwrap_or_else(|| Box::new(std::io::sink()));
                 let mut pending = Pendings::new();
-                let mut buf = Vec::with_capacity(GATHER_BYTES + READ_MAX);
+                let mut buf = Vec::with_capacity(GATHER_BYTES + super::life::READ_SIZE);
                 while let Some(msg) = rx.blocking_recv() {
                     handle(msg, &mut pending, &mut buf, &mut sink);
                     // What else is queued is gathered into one write; while output keeps
