@@ -1565,16 +1565,16 @@ fn output_is_byte_exact_in_a_client_that_detaches_and_reattaches_and_in_the_log(
         row.cases += 1;
         let dir = tempfile::tempdir().unwrap();
         let flag = dir.path().join("done");
-        // The session waits for the test at its end, so that the second span always meets it.
+        // The session waits for the test at its end, so that the second span always meets it,
+        // and stdout holds its last quarter until the client is back, so that the second span
+        // is mid-stream however fast the session runs alone.
         let wait = format!("while [ ! -e {} ]; do sleep 0.05; done", flag.display());
+        let back = dir.path().join("back");
+        let stdout = report::generator_gated(1, mib, total / 4 * 3, &back);
         let script = if tty {
-            format!("stty raw -echo; {}; {wait}", report::generator(1, mib))
+            format!("stty raw -echo; {stdout}; {wait}")
         } else {
-            format!(
-                "{} & {} >&2; wait; {wait}",
-                report::generator(1, mib),
-                report::generator(2, mib)
-            )
+            format!("{stdout} & {} >&2; wait; {wait}", report::generator(2, mib))
         };
         let mut s = session(&["/bin/sh", "-c", &script]);
         s.tty = tty;
@@ -1624,6 +1624,7 @@ fn output_is_byte_exact_in_a_client_that_detaches_and_reattaches_and_in_the_log(
                 .await
                 .unwrap()
                 .unwrap();
+            std::fs::write(&back, "").unwrap();
             let mut second = report::StreamHashes::default();
             let mut status = None;
             let mut finished = false;

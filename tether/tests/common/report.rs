@@ -113,6 +113,16 @@ pub fn generator(key: u8, mib: usize) -> String {
     )
 }
 
+/// [`generator`]'s bytes, held after the first `at` of them until the file `gate` exists.
+pub fn generator_gated(key: u8, mib: usize, at: u64, gate: &std::path::Path) -> String {
+    // head -c reads no more than it writes, so `cat` goes on where it stopped.
+    format!(
+        "{} | {{ head -c {at}; while [ ! -e {} ]; do sleep 0.01; done; cat; }}",
+        generator(key, mib),
+        gate.display()
+    )
+}
+
 /// The SHA-256 and length of what `generator(key, mib)` writes, computed here.
 pub fn expected(key: u8, mib: usize) -> ([u8; 32], u64) {
     expected_range(key, mib, 0..(mib as u64) << 20)
