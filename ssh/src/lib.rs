@@ -277,35 +277,10 @@ pub enum ChannelEvent {
     Closed,
 }
 
-/// Channel data to send: bytes of the sender's own, or bytes it shares with others (a session's
-/// output goes to every attached client and the log from one buffer, without a copy each).
-#[derive(Clone, Debug)]
-pub enum Payload {
-    Owned(Vec<u8>),
-    Shared(std::sync::Arc<[u8]>),
-}
-
-impl std::ops::Deref for Payload {
-    type Target = [u8];
-    fn deref(&self) -> &[u8] {
-        match self {
-            Payload::Owned(v) => v,
-            Payload::Shared(a) => a,
-        }
-    }
-}
-
-impl From<Vec<u8>> for Payload {
-    fn from(v: Vec<u8>) -> Self {
-        Payload::Owned(v)
-    }
-}
-
-impl From<std::sync::Arc<[u8]>> for Payload {
-    fn from(a: std::sync::Arc<[u8]>) -> Self {
-        Payload::Shared(a)
-    }
-}
+/// Channel data to send: bytes of the sender's own (a `Vec` becomes one without a copy), or bytes
+/// it shares with others (a session's output goes to every attached client and the log from one
+/// buffer). The connection seals packets straight from them, without a copy of its own.
+pub type Payload = bytes::Bytes;
 
 pub(crate) enum Command {
     Data {

@@ -3,6 +3,7 @@
 //! reader waits for the new opening keys right after it has passed NEWKEYS on, and the writer
 //! takes the new sealing keys from its queue right after the NEWKEYS packet.
 
+use bytes::Bytes;
 use tokio::io::{
     AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf,
 };
@@ -66,9 +67,35 @@ pub struct KeysIn {
     pub reset_seq: bool,
 }
 
+/// A packet's payload, in parts: a channel data packet is its header and the slices of the
+/// senders' buffers it carries, sealed from them into the writer's batch (a copy of its own was
+/// an allocation and a copy for every 32 KiB, faulted in afresh each time by musl's allocator).
+pub struct Packet(Vec<Bytes>);
+
+impl Packet {
+    pub fn parts(parts: Vec<Bytes>) -> Self {
+        Self(parts)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(Bytes::len).sum()
+    }
+
+    /// The message number.
+    pub fn kind(&self) -> Option<u8> {
+        self.0.iter().find_map(|p| p.first().copied())
+    }
+}
+
+impl From<Vec<u8>> for Packet {
+    fn from(payload: Vec<u8>) -> Self {
+        Self(vec![Bytes::from(payload)])
+    }
+}
+
 /// What the writer is asked to do.
 pub enum Out {
-    Packet(Vec<u8>),
+    Packet(Packet),
     NewKeys { dir: Direction, reset_seq: bool },
     Close,
 }
@@ -159,12 +186,8 @@ pub async fn writer<S: AsyncWrite + Send + 'static>(
         while let Some(out) = next.take() {
             match out {
                 Out::Packet(p) => {
-                    tracing::trace!(
-                        kind = p.first().copied().unwrap_or(0),
-                        len = p.len(),
-                        "ssh: sending"
-                    );
-                    dir.seal_into(seq, &p, &mut batch);
+                    tracing::trace!(kind = p.kind().unwrap_or(0), len = p.len(), "ssh: sending");
+                    dir.seal_into(seq, &p.0, &mut batch);
                     seq = seq.wrapping_add(1);
                 }
                 Out::NewKeys { dir: d, reset_seq } => {

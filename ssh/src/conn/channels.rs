@@ -304,26 +304,28 @@ impl<H: Handler> Conn<H> {
                     parts += 1;
                 }
                 if take > 0 {
-                    let mut buf = Vec::with_capacity(13 + take);
-                    buf.push(if ext.is_some() {
+                    // The header, then slices of the chunks: the writer seals from them.
+                    let mut w = Writer(Vec::with_capacity(13));
+                    w.u8(if ext.is_some() {
                         msg::CHANNEL_EXTENDED_DATA
                     } else {
                         msg::CHANNEL_DATA
                     });
-                    let mut w = Writer(buf);
                     w.u32(ch.remote);
                     if let Some(code) = ext {
                         w.u32(code);
                     }
                     w.u32(take as u32);
+                    let mut slices = Vec::with_capacity(1 + parts);
+                    slices.push(bytes::Bytes::from(w.finish()));
                     let mut left = take;
                     for p in ch.queue.iter_mut().take(parts) {
                         let n = (p.data.len() - p.sent).min(left);
-                        w.raw(&p.data[p.sent..p.sent + n]);
+                        slices.push(p.data.slice(p.sent..p.sent + n));
                         p.sent += n;
                         left -= n;
                     }
-                    packets.push(w.finish());
+                    packets.push(Packet::parts(slices));
                     ch.remote_window -= take as u64;
                 }
                 // Chunks sent whole are done; an empty one is done at once.
@@ -341,11 +343,16 @@ impl<H: Handler> Conn<H> {
             if ch.queue.is_empty() {
                 if ch.eof_wanted && !ch.sent_eof {
                     ch.sent_eof = true;
-                    packets.push(Writer::msg(msg::CHANNEL_EOF).u32(ch.remote).finish());
+                    packets.push(Writer::msg(msg::CHANNEL_EOF).u32(ch.remote).finish().into());
                 }
                 if ch.close_wanted && !ch.sent_close {
                     ch.sent_close = true;
-                    packets.push(Writer::msg(msg::CHANNEL_CLOSE).u32(ch.remote).finish());
+                    packets.push(
+                        Writer::msg(msg::CHANNEL_CLOSE)
+                            .u32(ch.remote)
+                            .finish()
+                            .into(),
+                    );
                 }
             }
         }

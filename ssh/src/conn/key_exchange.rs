@@ -132,7 +132,7 @@ impl<H: Handler> Conn<H> {
         };
         let reset_seq = self.strict;
         self.out
-            .send(Out::Packet(vec![msg::NEWKEYS]))
+            .send(Out::Packet(vec![msg::NEWKEYS].into()))
             .await
             .map_err(|_| SshError::Closed)?;
         self.out

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::cipher::{self, Direction};
 use super::kex::{self, Agreed, Ephemeral, KexInit};
 use super::keys::PublicKey;
-use super::transport::{self, Incoming, KeysIn, Out};
+use super::transport::{self, Incoming, KeysIn, Out, Packet};
 use super::wire::{Reader, Writer};
 use super::{
     msg, Channel, ChannelEvent, ChannelId, ClientConfig, Command, Handle, Handler, HostKeyCheck,
@@ -123,7 +123,7 @@ struct Conn<H: Handler> {
     /// The client said it takes SSH_MSG_EXT_INFO.
     peer_ext_info: bool,
     /// Our packets held back while our key exchange runs.
-    deferred: Vec<Vec<u8>>,
+    deferred: Vec<Packet>,
     paused: bool,
     auth: Auth,
     auth_failures: u32,
@@ -282,7 +282,7 @@ impl<H: Handler> Conn<H> {
             if reason != 0 && !self.disconnected {
                 let mut w = Writer::msg(msg::DISCONNECT);
                 w.u32(reason).string(why).string("");
-                let _ = self.out.send(Out::Packet(w.finish())).await;
+                let _ = self.out.send(Out::Packet(w.finish().into())).await;
             }
         }
         let _ = self.out.send(Out::Close).await;
@@ -348,12 +348,13 @@ impl<H: Handler> Conn<H> {
     }
 
     /// Sends a packet, or holds it while our key exchange runs.
-    async fn send(&mut self, payload: Vec<u8>) -> Result<(), SshError> {
+    async fn send(&mut self, payload: impl Into<Packet>) -> Result<(), SshError> {
+        let payload = payload.into();
         self.bytes_since_kex += payload.len() as u64;
         if self.paused
             && !payload
-                .first()
-                .is_some_and(|&n| msg::is_kex(n) || n == msg::DISCONNECT)
+                .kind()
+                .is_some_and(|n| msg::is_kex(n) || n == msg::DISCONNECT)
         {
             self.deferred.push(payload);
             return Ok(());

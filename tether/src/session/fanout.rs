@@ -45,7 +45,7 @@ pub fn share() -> usize {
 
 #[derive(Clone, Debug)]
 pub enum Output {
-    Data(Stream, Arc<[u8]>),
+    Data(Stream, bytes::Bytes),
     /// The process ended (after its output).
     Exit(Exit),
     /// The launch failed.
@@ -256,7 +256,7 @@ mod tests {
         let everywhere: &'static AtomicUsize = Box::leak(Box::new(AtomicUsize::new(0)));
         let f = Arc::new(Fanout::counted_in(everywhere));
         let (_, rx) = f.subscribe();
-        let chunk: Arc<[u8]> = Arc::from(vec![b'x'; 4096]);
+        let chunk = bytes::Bytes::from(vec![b'x'; 4096]);
         let fits = share_of(1) / (chunk.len() + ENTRY_COST);
         for _ in 0..fits {
             f.send(Output::Data(Stream::Stdout, chunk.clone())).await;
@@ -283,7 +283,7 @@ mod tests {
         let (_slow, mut slow_rx) = f.subscribe();
         assert_eq!(everywhere.load(Ordering::Relaxed), 2);
         // Each client's share of the budget is queued without waiting.
-        let chunk: Arc<[u8]> = Arc::from(vec![b'x'; 4096]);
+        let chunk = bytes::Bytes::from(vec![b'x'; 4096]);
         let fits = share_of(2) / (chunk.len() + ENTRY_COST);
         let t0 = tokio::time::Instant::now();
         for _ in 0..fits {

@@ -1,7 +1,7 @@
 //! One session (the container's process or an exec): launch with pipes or a pty, pump its output,
 //! collect its exit, and publish every step to guestinfo in a safe order.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -12,6 +12,7 @@ use tether_proto::iolog::Stream;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
+use super::chunks;
 use super::fanout::{Fanout, Output};
 use super::input::{self, InputMsg};
 use super::launch::{self, LaunchError};
@@ -513,24 +514,6 @@ pub fn child_stdio(fds: &[OwnedFd]) -> [i32; 3] {
     }
 }
 
-/// The most one read of a session's output takes.
-pub(crate) const READ_SIZE: usize = 16 * 1024;
-
-thread_local! {
-    /// One read buffer per runtime thread, shared by every pump on it: a read is copied out at
-    /// once (its bytes are shared by the clients' queues), so a session costs no buffer of its
-    /// own while it waits for output (a hundred sessions would hold 3 MiB of idle buffers).
-    static READ_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; READ_SIZE]);
-}
-
-/// One read of `fd` into a buffer of its size; `None` at end of file.
-fn read_chunk(fd: &OwnedFd) -> std::io::Result<Option<Arc<[u8]>>> {
-    READ_BUF.with_borrow_mut(|buf| {
-        let n = nix::unistd::read(fd.as_fd(), buf)?;
-        Ok((n > 0).then(|| Arc::from(&buf[..n])))
-    })
-}
-
 /// Copies a process's output to its attached clients and the log until end of file (EIO on a pty
 /// whose slave is closed).
 fn pump(
@@ -549,7 +532,9 @@ fn pump(
                 Ok(g) => g,
                 Err(_) => return,
             };
-            match guard.try_io(|inner| read_chunk(inner.get_ref())) {
+            // A buffer only once there is output: an idle session holds none.
+            let lease = chunks::lease().await;
+            match guard.try_io(|inner| chunks::read(inner.get_ref(), lease)) {
                 Ok(Ok(None)) => return,
                 Ok(Ok(Some(data))) => {
                     fanout.send(Output::Data(stream, data.clone())).await;

@@ -8,6 +8,7 @@
 //! Must not know who attaches (the attach server uses this folder, not the other way round) or
 //! how the root is made: what the VM's wiring adds to a launch comes in through [`Settings`].
 
+mod chunks;
 pub mod fanout;
 pub mod input;
 pub mod launch;

@@ -17,8 +17,8 @@ pub type LogOpener = Box<dyn FnOnce() -> Option<Box<dyn Write + Send>> + Send>;
 
 /// How long a line without its newline waits before it is written as an entry of its own.
 pub const PARTIAL_LINE_DELAY: Duration = Duration::from_millis(500);
-/// Chunks queued for the log thread (each at most one read, 16 KiB, shared with the clients'
-/// queues): 1 MiB at most, whatever the number of sessions.
+/// Chunks queued for the log thread (each one read, shared with the clients' queues; a large one
+/// is a buffer of the sessions' pool, which bounds them all together).
 const QUEUE: usize = 64;
 /// What the log thread gathers from the queue before it writes.
 const GATHER_BYTES: usize = 128 * 1024;
@@ -29,7 +29,7 @@ enum Msg {
         exec: bool,
         stream: Stream,
         time_nanos: u64,
-        data: Arc<[u8]>,
+        data: bytes::Bytes,
     },
     /// Write what is pending for `session` (all sessions when `None`) and flush the device.
     Flush {
@@ -72,7 +72,7 @@ impl OutputLog {
             .spawn(move || {
                 let mut sink = open().unwrap_or_else(|| Box::new(std::io::sink()));
                 let mut pending = Pendings::new();
-                let mut buf = Vec::with_capacity(GATHER_BYTES + super::life::READ_SIZE);
+                let mut buf = Vec::with_capacity(GATHER_BYTES + super::chunks::READ_SIZE);
                 while let Some(msg) = rx.blocking_recv() {
                     handle(msg, &mut pending, &mut buf, &mut sink);
                     // What else is queued is gathered into one write; while output keeps
@@ -117,7 +117,7 @@ impl OutputLog {
     }
 
     /// Queues output of `session`; waits while the queue is full.
-    pub async fn write(&self, session: &Arc<str>, exec: bool, stream: Stream, data: Arc<[u8]>) {
+    pub async fn write(&self, session: &Arc<str>, exec: bool, stream: Stream, data: bytes::Bytes) {
         if let Some(tx) = &self.tx {
             let msg = Msg::Data {
                 session: session.clone(),
@@ -236,8 +236,13 @@ mod tests {
         let id: Arc<str> = "s".into();
         for i in 0..10 {
             let line = format!("line {i}\n");
-            log.write(&id, false, Stream::Stdout, Arc::from(line.as_bytes()))
-                .await;
+            log.write(
+                &id,
+                false,
+                Stream::Stdout,
+                bytes::Bytes::copy_from_slice(line.as_bytes()),
+            )
+            .await;
         }
         open_now.send(()).unwrap();
         log.flush(None).await;
