@@ -28,10 +28,11 @@ const BUFFERS: usize = 32;
 /// a terminal's read (a pty gives at most a few KiB at a time) does not hold 64 KiB while it
 /// waits for a client.
 const COPY_BELOW: usize = 16 * 1024;
-/// How long a read waits for a buffer before it takes [`SMALL_READ`] bytes into a copy of its
-/// own. Buffers come back at the line's pace (2 MiB in a few milliseconds); this bounds the wait
-/// when they do not: clients that stopped reading hold theirs until they are dropped
-/// ([`super::fanout::STALL`]), and a session must read to find out that its client is gone.
+/// How long a streaming session's read waits for a buffer before it takes [`SMALL_READ`] bytes
+/// into a copy of its own. Buffers come back at the line's pace (2 MiB in a few milliseconds);
+/// this bounds the wait when they do not: clients that stopped reading hold theirs until they are
+/// dropped ([`super::fanout::STALL`]), and a session must read to find out that its client is
+/// gone. A session whose last read was short (a prompt, an echo) does not wait at all.
 const WAIT: Duration = Duration::from_millis(100);
 /// What a read takes without a buffer of the pool.
 const SMALL_READ: usize = 16 * 1024;
@@ -75,6 +76,7 @@ impl Pool {
     pub async fn lease(self: &Arc<Self>, wait: Duration) -> Option<Lease> {
         let permit = match self.permits.clone().try_acquire_owned() {
             Ok(p) => p,
+            Err(_) if wait.is_zero() => return None,
             Err(_) => tokio::time::timeout(wait, self.permits.clone().acquire_owned())
                 .await
                 .ok()?
@@ -179,9 +181,23 @@ thread_local! {
     static SMALL_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; SMALL_READ]);
 }
 
-/// A buffer of the sessions' pool for the next read, if one comes free within [`WAIT`].
-pub async fn lease() -> Option<Lease> {
-    POOL.lease(WAIT).await
+/// A buffer of the sessions' pool for the next read of a session whose last read took `last`
+/// bytes: if one comes free within [`WAIT`] while the session streams, only if one is free now
+/// otherwise.
+pub async fn lease(last: usize) -> Option<Lease> {
+    POOL.lease(wait_after(last)).await
+}
+
+/// How long the next read waits for a buffer after a read of `last` bytes: a session that
+/// streams waits its turn for a large buffer (its process waits on its pipe, at no cost), while
+/// an interactive one's few bytes never wait behind the buffers other sessions' bulk output
+/// holds (a full output log queue, a slow client).
+fn wait_after(last: usize) -> Duration {
+    if last >= COPY_BELOW {
+        WAIT
+    } else {
+        Duration::ZERO
+    }
 }
 
 /// One read of `fd`: into `lease` when there is one, else at most [`SMALL_READ`] bytes copied
@@ -284,6 +300,26 @@ mod tests {
         assert_eq!(pool.idle(), 1);
         tokio::time::sleep(KEEP_IDLE * 3).await;
         assert_eq!(pool.idle(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_streaming_session_waits_for_a_buffer() {
+        let pool = Pool::new(1, 64);
+        let held = pool.lease(WAIT).await.unwrap();
+        let start = tokio::time::Instant::now();
+        assert!(pool.lease(wait_after(12)).await.is_none());
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "after a short read: no wait"
+        );
+        assert!(pool.lease(wait_after(READ_SIZE)).await.is_none());
+        assert_eq!(start.elapsed(), WAIT, "after a full read: waits its turn");
+        drop(held);
+        assert!(
+            pool.lease(wait_after(0)).await.is_some(),
+            "a free one is taken"
+        );
     }
 
     #[test]
