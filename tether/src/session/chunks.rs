@@ -47,7 +47,8 @@ pub struct Pool {
     leases: AtomicU64,
     /// A trimmer task runs.
     trimming: AtomicBool,
-    /// The runtime of the first lease, where the trimmer runs (a lease may end on any thread).
+    /// The runtime of the first lease: the trimmer runs there when a buffer comes back on a thread
+    /// outside any runtime (the output log's).
     runtime: OnceLock<tokio::runtime::Handle>,
 }
 
@@ -111,7 +112,12 @@ impl Pool {
         if self.trimming.load(Ordering::Acquire) || self.trimming.swap(true, Ordering::AcqRel) {
             return;
         }
-        let Some(rt) = self.runtime.get() else {
+        // The runtime this buffer comes back on, else (the output log's thread) the one of the
+        // first lease: the tether has one; a test process has one per test.
+        let Some(rt) = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.runtime.get().cloned())
+        else {
             self.trimming.store(false, Ordering::Release);
             return;
         };
