@@ -187,22 +187,40 @@ thread_local! {
     static SMALL_BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; SMALL_READ]);
 }
 
-/// A buffer of the sessions' pool for the next read of a session whose last read took `last`
-/// bytes: if one comes free within [`WAIT`] while the session streams, only if one is free now
-/// otherwise.
-pub async fn lease(last: usize) -> Option<Lease> {
-    POOL.lease(wait_after(last)).await
+/// How one output stream asks the pool for buffers. A session that streams waits its turn for
+/// one (its process waits on its full pipe meanwhile, at no cost), while an interactive one's
+/// few bytes never wait behind the buffers other sessions' bulk output holds (a full output log
+/// queue, a slow client). A wait that came to nothing means the pool is held, most likely by
+/// clients that stopped reading (until [`super::fanout::STALL`] lets them go): the stream then
+/// stops waiting and reads into copies of its own, at full speed as without a pool, until a
+/// buffer is free again.
+#[derive(Default)]
+pub struct Turn {
+    last: usize,
+    starved: bool,
 }
 
-/// How long the next read waits for a buffer after a read of `last` bytes: a session that
-/// streams waits its turn for a large buffer (its process waits on its pipe, at no cost), while
-/// an interactive one's few bytes never wait behind the buffers other sessions' bulk output
-/// holds (a full output log queue, a slow client).
-fn wait_after(last: usize) -> Duration {
-    if last >= COPY_BELOW {
-        WAIT
-    } else {
-        Duration::ZERO
+impl Turn {
+    /// A buffer of the sessions' pool for the next read, if one is free now or, while this
+    /// stream streams and has not been starved, within [`WAIT`].
+    pub async fn lease(&mut self) -> Option<Lease> {
+        self.lease_from(&POOL).await
+    }
+
+    async fn lease_from(&mut self, pool: &Arc<Pool>) -> Option<Lease> {
+        let wait = if self.starved || self.last < COPY_BELOW {
+            Duration::ZERO
+        } else {
+            WAIT
+        };
+        let lease = pool.lease(wait).await;
+        self.starved = lease.is_none() && (self.starved || !wait.is_zero());
+        lease
+    }
+
+    /// The last read took `n` bytes.
+    pub fn took(&mut self, n: usize) {
+        self.last = n;
     }
 }
 
@@ -309,23 +327,33 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn only_a_streaming_session_waits_for_a_buffer() {
+    async fn only_a_streaming_session_waits_for_a_buffer_and_not_once_starved() {
         let pool = Pool::new(1, 64);
         let held = pool.lease(WAIT).await.unwrap();
-        let start = tokio::time::Instant::now();
-        assert!(pool.lease(wait_after(12)).await.is_none());
-        assert_eq!(
-            start.elapsed(),
-            Duration::ZERO,
-            "after a short read: no wait"
-        );
-        assert!(pool.lease(wait_after(READ_SIZE)).await.is_none());
-        assert_eq!(start.elapsed(), WAIT, "after a full read: waits its turn");
+        let mut turn = Turn::default();
+        turn.took(12);
+        let t = tokio::time::Instant::now();
+        assert!(turn.lease_from(&pool).await.is_none());
+        assert_eq!(t.elapsed(), Duration::ZERO, "after a short read: no wait");
+        turn.took(READ_SIZE);
+        let t = tokio::time::Instant::now();
+        assert!(turn.lease_from(&pool).await.is_none());
+        assert_eq!(t.elapsed(), WAIT, "after a full read: waits its turn");
+        // Starved: the next reads do not wait while the pool stays held.
+        turn.took(SMALL_READ);
+        let t = tokio::time::Instant::now();
+        assert!(turn.lease_from(&pool).await.is_none());
+        assert_eq!(t.elapsed(), Duration::ZERO, "starved: no wait");
         drop(held);
         assert!(
-            pool.lease(wait_after(0)).await.is_some(),
+            turn.lease_from(&pool).await.is_some(),
             "a free one is taken"
         );
+        // Fed again: it waits its turn again.
+        let _held = pool.lease(WAIT).await.unwrap();
+        let t = tokio::time::Instant::now();
+        assert!(turn.lease_from(&pool).await.is_none());
+        assert_eq!(t.elapsed(), WAIT, "fed again: waits its turn again");
     }
 
     #[test]

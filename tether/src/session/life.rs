@@ -527,18 +527,18 @@ fn pump(
     sys::set_nonblocking(&fd)?;
     let afd = sys::asyncfd::register(fd)?;
     Ok(tokio::spawn(async move {
-        let mut last = 0;
+        let mut turn = chunks::Turn::default();
         loop {
             let mut guard = match afd.readable().await {
                 Ok(g) => g,
                 Err(_) => return,
             };
             // A buffer only once there is output: an idle session holds none.
-            let lease = chunks::lease(last).await;
+            let lease = turn.lease().await;
             match guard.try_io(|inner| chunks::read(inner.get_ref(), lease)) {
                 Ok(Ok(None)) => return,
                 Ok(Ok(Some(data))) => {
-                    last = data.len();
+                    turn.took(data.len());
                     fanout.send(Output::Data(stream, data.clone())).await;
                     log.write(&id, exec, stream, data).await
                 }
