@@ -210,7 +210,9 @@ impl Direction {
         }
     }
 
-    /// Builds, pads, encrypts and authenticates one packet carrying `payload`.
+    /// Builds, pads, encrypts and authenticates one packet carrying `payload` (tests; the writer
+    /// seals into its batch with [`Self::seal_into`]).
+    #[cfg(test)]
     pub fn seal(&mut self, seq: u32, payload: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         self.seal_into(seq, &[bytes::Bytes::copy_from_slice(payload)], &mut out);

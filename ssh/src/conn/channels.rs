@@ -304,8 +304,9 @@ impl<H: Handler> Conn<H> {
                     parts += 1;
                 }
                 if take > 0 {
-                    // The header, then slices of the chunks: the writer seals from them.
-                    let mut w = Writer(Vec::with_capacity(13));
+                    // The header, then slices of the chunks: the writer seals from them. The
+                    // header's exact size: a full Vec becomes Bytes without an allocation.
+                    let mut w = Writer(Vec::with_capacity(if ext.is_some() { 13 } else { 9 }));
                     w.u8(if ext.is_some() {
                         msg::CHANNEL_EXTENDED_DATA
                     } else {

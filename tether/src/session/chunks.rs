@@ -9,8 +9,9 @@
 //! Why a pool: a 64 KiB buffer allocated and freed for every read went back to the system and
 //! was faulted in again each time (musl's allocator), which cost more than the reads saved.
 //! Why bounded for all sessions: a hundred streaming sessions each holding a buffer of its own
-//! would hold 6 MiB; when the pool is out, a session waits for a buffer (its process waits on
-//! its pipe meanwhile, at no cost) rather than reading small.
+//! would hold 6 MiB; when the pool is out, a streaming session waits its turn for a buffer (its
+//! process waits on its pipe meanwhile, at no cost) rather than reading small, unless the pool
+//! stays held ([`Turn`]).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -17,7 +17,8 @@ use crate::session::reaper::Exit;
 /// Bytes the queues of all attached clients may hold together: one client may fall this far
 /// behind; each of a hundred gets [`CLIENT_MIN`].
 pub const BUDGET: usize = 1 << 20;
-/// The least a client's queue may hold (a few reads of a pipe).
+/// The least a client's queue may hold (a few short reads; a full read of a pipe always fits an
+/// empty queue).
 pub const CLIENT_MIN: usize = 16 * 1024;
 /// What an entry costs beyond its bytes (so that one-byte reads are bounded too).
 const ENTRY_COST: usize = 64;
