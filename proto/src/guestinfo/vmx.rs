@@ -81,6 +81,15 @@ pub fn escape(value: &str) -> String {
 
 fn escape_into(out: &mut String, value: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    // Most values (base64, paths, numbers) need no escape: copied whole (a guest renders
+    // thousands of them per state write).
+    if !value
+        .bytes()
+        .any(|b| b == b'"' || b == b'|' || b.is_ascii_control())
+    {
+        out.push_str(value);
+        return;
+    }
     for c in value.chars() {
         if c == '"' || c == '|' || c.is_ascii_control() {
             let b = c as u8;
