@@ -453,7 +453,10 @@ pub fn watch_exit(api: &Arc<Api>, c: &Container) {
             let gone =
                 tokio::task::spawn_blocking(move || manage::remove(&root, &c, true, true)).await;
             match gone {
-                Ok(Ok(())) => event(&api, "container", "destroy", &id, a),
+                Ok(Ok(())) => {
+                    api.forget_container(&id);
+                    event(&api, "container", "destroy", &id, a)
+                }
                 Ok(Err(e)) => tracing::warn!("removing {id}: {e:#}"),
                 Err(e) => tracing::warn!("removing {id}: {e}"),
             }
@@ -706,6 +709,7 @@ pub async fn remove(api: &Arc<Api>, id: &str, req: &Request<Incoming>) -> ApiRes
     tokio::task::spawn_blocking(move || manage::remove(&root, &c, force, volumes))
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    api.forget_container(&id);
     event(api, "container", "destroy", &id, a);
     if let Some(tx) = api.exits.lock().expect("exits").get(&id) {
         tx.send_modify(|_| {});

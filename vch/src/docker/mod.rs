@@ -132,6 +132,33 @@ impl Api {
             sizes: Mutex::default(),
         })
     }
+
+    /// Forgets what this server tracks for a container that is removed: its execs (docker keeps
+    /// an exec's record until its container goes), their sizes and attach channels, and the
+    /// container's own. Its exits stay: a `wait --condition=removed` may still be listening.
+    pub fn forget_container(&self, id: &str) {
+        let gone: Vec<String> = {
+            let mut execs = self.execs.lock().expect("execs");
+            let gone = execs
+                .iter()
+                .filter(|(_, r)| r.container == id)
+                .map(|(exec, _)| exec.clone())
+                .collect::<Vec<_>>();
+            execs.retain(|_, r| r.container != id);
+            gone
+        };
+        let ids = || gone.iter().map(String::as_str).chain(std::iter::once(id));
+        let mut sizes = self.sizes.lock().expect("sizes");
+        let mut channels = self.channels.lock().expect("channels");
+        for key in ids() {
+            sizes.remove(key);
+            channels.remove(key);
+        }
+        self.pending_attach
+            .lock()
+            .expect("pending attaches")
+            .remove(id);
+    }
 }
 
 /// A JSON response.
@@ -472,6 +499,35 @@ mod tests {
             Endpoint::Tcp("127.0.0.1:2376".parse().unwrap())
         );
         assert!("http://x".parse::<Endpoint>().is_err());
+    }
+
+    #[test]
+    fn a_removed_containers_execs_are_forgotten_and_no_others() {
+        let api = Api::new(PathBuf::from("/nonexistent"));
+        let record = |container: &str| exec::ExecRecord {
+            container: container.into(),
+            config: Default::default(),
+            started: true,
+            exit_code: Some(0),
+        };
+        for (exec, container) in [("e1", "a"), ("e2", "a"), ("e3", "b")] {
+            api.execs
+                .lock()
+                .unwrap()
+                .insert(exec.into(), record(container));
+            api.sizes.lock().unwrap().insert(exec.into(), (24, 80));
+        }
+        api.sizes.lock().unwrap().insert("a".into(), (30, 100));
+        api.sizes.lock().unwrap().insert("b".into(), (30, 100));
+        api.pending_attach.lock().unwrap().insert("a".into(), 1);
+        api.forget_container("a");
+        let mut execs: Vec<String> = api.execs.lock().unwrap().keys().cloned().collect();
+        execs.sort();
+        assert_eq!(execs, ["e3"]);
+        let mut sized: Vec<String> = api.sizes.lock().unwrap().keys().cloned().collect();
+        sized.sort();
+        assert_eq!(sized, ["b", "e3"]);
+        assert!(api.pending_attach.lock().unwrap().is_empty());
     }
 
     #[test]
