@@ -79,27 +79,26 @@ pub fn escape(value: &str) -> String {
     out
 }
 
+/// A byte written as `|XX`: `"`, `|` and control characters (all ASCII, so each is one char).
+fn escaped(b: u8) -> bool {
+    b == b'"' || b == b'|' || b.is_ascii_control()
+}
+
 fn escape_into(out: &mut String, value: &str) {
     const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    // Most values (base64, paths, numbers) need no escape: copied whole (a guest renders
-    // thousands of them per state write).
-    if !value
-        .bytes()
-        .any(|b| b == b'"' || b == b'|' || b.is_ascii_control())
-    {
-        out.push_str(value);
-        return;
+    // The runs between escaped bytes are copied whole: most values (base64, paths, numbers) are
+    // one run, and a guest renders thousands of them per state write.
+    let mut rest = value;
+    while let Some(i) = rest.bytes().position(escaped) {
+        let b = rest.as_bytes()[i];
+        out.push_str(&rest[..i]);
+        out.push('|');
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
+        // Byte `i` is ASCII: `i + 1` is a char boundary.
+        rest = &rest[i + 1..];
     }
-    for c in value.chars() {
-        if c == '"' || c == '|' || c.is_ascii_control() {
-            let b = c as u8;
-            out.push('|');
-            out.push(HEX[usize::from(b >> 4)] as char);
-            out.push(HEX[usize::from(b & 15)] as char);
-        } else {
-            out.push(c);
-        }
-    }
+    out.push_str(rest);
 }
 
 /// The inverse of [`escape`]; a `|` not followed by two hex digits stands for itself.
