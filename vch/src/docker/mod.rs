@@ -137,20 +137,16 @@ impl Api {
     /// an exec's record until its container goes), their sizes and attach channels, and the
     /// container's own. Its exits stay: a `wait --condition=removed` may still be listening.
     pub fn forget_container(&self, id: &str) {
-        let gone: Vec<String> = {
-            let mut execs = self.execs.lock().expect("execs");
-            let gone = execs
-                .iter()
-                .filter(|(_, r)| r.container == id)
-                .map(|(exec, _)| exec.clone())
-                .collect::<Vec<_>>();
-            execs.retain(|_, r| r.container != id);
-            gone
-        };
-        let ids = || gone.iter().map(String::as_str).chain(std::iter::once(id));
+        let gone: Vec<String> = self
+            .execs
+            .lock()
+            .expect("execs")
+            .extract_if(|_, r| r.container == id)
+            .map(|(exec, _)| exec)
+            .collect();
         let mut sizes = self.sizes.lock().expect("sizes");
         let mut channels = self.channels.lock().expect("channels");
-        for key in ids() {
+        for key in gone.iter().map(String::as_str).chain([id]) {
             sizes.remove(key);
             channels.remove(key);
         }
