@@ -34,8 +34,9 @@ pub(super) async fn report_end(h: &Handle, ch: ChannelId, exit: Exit) {
 /// Bytes of a client's output handed to the connection before waiting for the first of them to
 /// be on its way: one full read of a pipe, or a few short ones (a terminal's, a line's) queued
 /// there to go out packed in full packets, as a packet, its MAC and the client's write cost
-/// about the same for 4 KiB as for 32. Less when many clients are attached: no more than a client's share
-/// of the fanout's budget ([`fanout::share`]), which bounds the tether's memory per session.
+/// about the same for 4 KiB as for 32. Less when many clients are attached: no more than a
+/// client's share of the fanout's budget ([`fanout::share`]), which bounds the tether's memory
+/// per session.
 const IN_FLIGHT: usize = 64 * 1024;
 
 /// Forgets what is on its way of `in_flight`; past [`IN_FLIGHT`] bytes (or the client's share)

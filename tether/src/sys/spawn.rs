@@ -149,7 +149,8 @@ pub fn spawn(spec: &SpawnSpec) -> Result<Pid, SpawnError> {
     Ok(Pid::from_raw(pid))
 }
 
-/// Every signal blocked in this thread while it lives; the mask before is restored after.
+/// Every signal blocked in this thread while it lives; the mask before is restored after. Raw,
+/// as `posix_spawn` does it: libc's `sigfillset` leaves out the signals libc keeps for itself.
 struct BlockedSignals(u64);
 
 impl BlockedSignals {
